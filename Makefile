@@ -1,0 +1,31 @@
+# Everything runs from the virtual environment in .venv, made on first use.
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+PYTHON ?= python3
+
+.PHONY: setup serve test lint protos train
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+setup: $(STAMP)  ## create .venv with the server and the test tools
+
+serve: $(STAMP)  ## start the server on the embedded default model (127.0.0.1:8500)
+	$(BIN)/flatscope serve
+
+test: $(STAMP)  ## run the test suite
+	$(BIN)/python -m pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check service tests bench
+	$(BIN)/ruff format --check service tests bench
+
+protos: $(STAMP)  ## regenerate service/flatscope/v1 from protos/
+	$(BIN)/python protos/generate.py
+
+train: $(STAMP)  ## retrain the embedded default model
+	$(BIN)/python -m flatscope.default_model.train

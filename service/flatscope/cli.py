@@ -1,0 +1,199 @@
+"""The ``flatscope`` command line: serve, predict, inspect, metadata."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+from pydantic import ValidationError
+
+from flatscope.errors import ModelLoadError
+from flatscope.settings import Settings
+
+DEFAULT_TARGET = "127.0.0.1:8500"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Runs the command line; returns the exit code."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    return args.run(args)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="flatscope",
+        description="Serve a Keras CNN over gRPC and see exactly what its Flatten layer does.",
+    )
+    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    serve = commands.add_parser("serve", help="run the server")
+    for name, field in Settings.model_fields.items():
+        serve.add_argument(
+            "--" + name.replace("_", "-"),
+            dest=name,
+            default=None,
+            metavar=name.upper(),
+            help=f"{field.description} [env FLATSCOPE_{name.upper()}; default {field.default}]",
+        )
+    serve.set_defaults(run=_serve)
+
+    for name, run, text in (
+        ("predict", _predict, "classify an image file or random input"),
+        ("inspect", _inspect, "show the Flatten layout and what enters the Dense layer"),
+        ("metadata", _metadata, "print the served model's layer table"),
+    ):
+        command = commands.add_parser(name, help=text, description=text)
+        command.add_argument(
+            "--target",
+            default=os.environ.get("FLATSCOPE_TARGET", DEFAULT_TARGET),
+            help=f"server address [env FLATSCOPE_TARGET; default {DEFAULT_TARGET}]",
+        )
+        command.add_argument("--timeout", type=float, default=30.0, help="seconds per call")
+        command.set_defaults(run=run)
+        if name == "metadata":
+            continue
+        command.add_argument("--image", type=Path, help="an image file (default: random input)")
+        command.add_argument(
+            "--invert", action="store_true", help="flip dark and light in --image"
+        )
+        command.add_argument("--seed", type=int, default=0, help="seed of the random input")
+        if name == "inspect":
+            command.add_argument("--layer", default="", help="Flatten layer (default: the one)")
+            command.add_argument(
+                "--flat", type=int, action="append", default=[], metavar="I",
+                help="a flat index to trace back to the source (repeatable)",
+            )
+            command.add_argument(
+                "--at", action="append", default=[], metavar="H,W,C",
+                help="a source index, e.g. 1,1,1, to find in the flat vector (repeatable)",
+            )
+    return parser
+
+
+def _serve(args: argparse.Namespace) -> int:
+    overrides = {
+        name: getattr(args, name)
+        for name in Settings.model_fields
+        if getattr(args, name) is not None
+    }
+    try:
+        settings = Settings(**overrides)
+    except ValidationError as exc:
+        print(f"flatscope serve: bad settings:\n{exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=settings.log_level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    from flatscope.grpc.server import serve
+
+    try:
+        asyncio.run(serve(settings))
+    except ModelLoadError as exc:
+        logging.getLogger("flatscope").error("cannot start: %s", exc)
+        return 1
+    return 0
+
+
+def _client(args: argparse.Namespace):
+    from flatscope.client import Client
+
+    return Client(args.target, timeout=args.timeout)
+
+
+def _example(args: argparse.Namespace, client) -> np.ndarray:
+    shape = tuple(client.metadata().inputs[0].shape[1:])
+    if args.image:
+        from flatscope.images import load_image
+
+        return load_image(args.image, shape, invert=args.invert)[np.newaxis]
+    return np.random.default_rng(args.seed).random((1, *shape), dtype=np.float32)
+
+
+def _rpc(fn):
+    """Runs a client command, turning a gRPC error into a one-line message and exit 1."""
+    import grpc
+
+    def wrapped(args: argparse.Namespace) -> int:
+        try:
+            fn(args)
+        except grpc.RpcError as exc:
+            print(f"flatscope: {exc.code().name}: {exc.details()}", file=sys.stderr)
+            return 1
+        except (OSError, ValueError) as exc:
+            print(f"flatscope: {exc}", file=sys.stderr)
+            return 1
+        return 0
+
+    return wrapped
+
+
+@_rpc
+def _predict(args: argparse.Namespace) -> None:
+    with _client(args) as client:
+        result = client.predict(_example(args, client))
+    scores = result.outputs[0]
+    top = np.argsort(scores)[::-1][:3]
+    print(f"model {result.model_name} v{result.model_version}")
+    print(f"class {result.classes[0]}  (score {scores[result.classes[0]]:.4f})")
+    print("top 3: " + "  ".join(f"{k}: {scores[k]:.4f}" for k in top))
+
+
+@_rpc
+def _inspect(args: argparse.Namespace) -> None:
+    with _client(args) as client:
+        result = client.inspect(_example(args, client), layer=args.layer, include_source=True)
+    layout = result.layout
+    names = ", ".join(layout.axis_names)
+    print(f"model {result.model_name} v{result.model_version}: Flatten layer "
+          f"'{layout.layer_name}' ({layout.data_format})")
+    print(f"source ({names}) = {layout.source_shape} -> {layout.flat_size} features")
+    print(f"flat order: {', '.join(layout.flat_order)} ({layout.flat_order[-1]} fastest)")
+    print(f"strides: {layout.strides}")
+    print(layout.formula)
+    if layout.note:
+        print(f"note: {layout.note}")
+    for flat in args.flat:
+        index = layout.source_index(flat)
+        print(f"flat[{flat}] <- source{index} = {result.flattened[0, flat]:.6g}")
+    for text in args.at:
+        index = tuple(int(part) for part in text.split(","))
+        flat = layout.flat_index(index)
+        print(f"source{index} -> flat[{flat}] = {result.source[(0, *index)]:.6g}")
+    print(f"prediction: class {result.classes[0]}")
+
+
+@_rpc
+def _metadata(args: argparse.Namespace) -> None:
+    with _client(args) as client:
+        meta = client.metadata()
+    print(f'Model "{meta.name}" v{meta.version} from {meta.source}')
+    print(f"backend {meta.backend}, device {meta.device}, max batch {meta.max_batch_size}")
+    for kind, specs in (("input", meta.inputs), ("output", meta.outputs)):
+        for spec in specs:
+            print(f"{kind:<7}{spec.name} {spec.dtype} {_shape(spec.shape)}")
+    rows = [(f"{r.name} ({r.type})", _shape(r.output_shape), f"{r.param_count:,}", r.data_format)
+            for r in meta.layers]
+    header = ("Layer (type)", "Output Shape", "Param #", "Data format")
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(4)]
+    rule = "-" * (sum(widths) + 6)
+    print(rule)
+    for row in [header, *rows]:
+        print(f"{row[0]:<{widths[0]}}  {row[1]:<{widths[1]}}  {row[2]:>{widths[2]}}  {row[3]}")
+    print(rule)
+    print(f"Total params: {meta.total_params:,}")
+    print(f"Trainable params: {meta.trainable_params:,}")
+    print(f"Non-trainable params: {meta.non_trainable_params:,}")
+    print(f"Flatten layers: {', '.join(meta.flatten_layers) or 'none'}")
+
+
+def _shape(shape) -> str:
+    return "(" + ", ".join("None" if d is None else str(d) for d in shape) + (
+        ",)" if len(shape) == 1 else ")"
+    )

@@ -1,0 +1,120 @@
+"""A Python client for flatscope: numpy arrays in, numpy arrays and dataclasses out.
+
+Example:
+    >>> from flatscope.client import Client
+    >>> with Client("127.0.0.1:8500") as client:
+    ...     result = client.inspect(images, include_source=True)
+    ...     layout = result.layout
+    ...     layout.formula                      # 'flat = h*768 + w*32 + c'
+    ...     layout.source_index(13)             # (0, 0, 13)
+    ...     result.flattened[0, layout.flat_index((1, 2, 3))]
+"""
+
+from __future__ import annotations
+
+import grpc
+import numpy as np
+
+from flatscope.core import InspectResult, Prediction
+from flatscope.grpc import converters
+from flatscope.metadata import ModelDescription
+from flatscope.settings import MiB
+from flatscope.v1 import model_service_pb2 as pb
+from flatscope.v1 import model_service_pb2_grpc
+
+__all__ = ["Client", "InspectResult", "ModelDescription", "Prediction"]
+
+
+class Client:
+    """A blocking client of one flatscope server.
+
+    Args:
+        target: ``host:port`` of the server.
+        timeout: Deadline for each call, in seconds.
+        max_message_bytes: Largest message sent or received.
+        model_name: Model to address; empty addresses whichever the server serves.
+
+    Raises:
+        grpc.RpcError: From every call, carrying the server's status and message.
+    """
+
+    def __init__(
+        self,
+        target: str = "127.0.0.1:8500",
+        *,
+        timeout: float = 30.0,
+        max_message_bytes: int = 64 * MiB,
+        model_name: str = "",
+    ):
+        self._channel = grpc.insecure_channel(
+            target,
+            options=[
+                ("grpc.max_receive_message_length", max_message_bytes),
+                ("grpc.max_send_message_length", max_message_bytes),
+            ],
+        )
+        self._stub = model_service_pb2_grpc.ModelServiceStub(self._channel)
+        self._timeout = timeout
+        self.model_name = model_name
+
+    def predict(self, inputs: np.ndarray) -> Prediction:
+        """Runs the model on a batch ``(N, *input_shape)`` of float32 inputs."""
+        request = pb.PredictRequest(
+            model_name=self.model_name, inputs=converters.to_tensor(inputs)
+        )
+        return converters.prediction(self._stub.Predict(request, timeout=self._timeout))
+
+    def inspect(
+        self,
+        inputs: np.ndarray,
+        *,
+        layer: str = "",
+        include_source: bool = False,
+        coordinate_start: int = 0,
+        coordinate_count: int = 0,
+    ) -> InspectResult:
+        """Runs the model once and returns what its Flatten layer saw, with the layout."""
+        request = pb.InspectRequest(
+            model_name=self.model_name,
+            inputs=converters.to_tensor(inputs),
+            layer=layer,
+            include_source=include_source,
+            coordinate_start=coordinate_start,
+            coordinate_count=coordinate_count,
+        )
+        return converters.inspection(self._stub.Inspect(request, timeout=self._timeout))
+
+    def metadata(self) -> ModelDescription:
+        """Describes the served model."""
+        request = pb.GetModelMetadataRequest(model_name=self.model_name)
+        reply = self._stub.GetModelMetadata(request, timeout=self._timeout)
+        return converters.description(reply)
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        """Blocks until the server's health check reports SERVING.
+
+        Raises:
+            TimeoutError: It did not within ``timeout`` seconds.
+        """
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+        stub = health_pb2_grpc.HealthStub(self._channel)
+        request = health_pb2.HealthCheckRequest(service="")
+        try:
+            for reply in stub.Watch(request, timeout=timeout, wait_for_ready=True):
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+        except grpc.RpcError as exc:
+            if exc.code() != grpc.StatusCode.DEADLINE_EXCEEDED:
+                raise
+        raise TimeoutError(f"server not SERVING after {timeout} s")
+
+    def close(self) -> None:
+        """Closes the channel."""
+        self._channel.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()

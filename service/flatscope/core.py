@@ -1,0 +1,212 @@
+"""The transport-free core: validates requests, runs the model, assembles answers."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import dataclasses
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from flatscope import tensors
+from flatscope.errors import (
+    FailedPreconditionError,
+    InvalidInputError,
+    NotFoundError,
+    NotReadyError,
+)
+from flatscope.layout import FlattenLayout
+
+if TYPE_CHECKING:
+    from flatscope.inference import ServedModel
+    from flatscope.metadata import ModelDescription
+
+
+@dataclasses.dataclass(frozen=True)
+class Limits:
+    """Bounds on what one request may ask for."""
+
+    max_batch_size: int = 256
+    max_coordinates: int = 65536
+
+
+@dataclasses.dataclass(frozen=True)
+class Prediction:
+    """The answer to Predict."""
+
+    model_name: str
+    model_version: str
+    outputs: np.ndarray
+    classes: np.ndarray
+
+
+@dataclasses.dataclass(frozen=True)
+class InspectResult:
+    """The answer to Inspect: one forward pass seen at a Flatten layer.
+
+    ``source`` is None unless asked for; ``coordinates`` has one row per flat index
+    from ``coordinate_start``, each the source index it came from.
+    """
+
+    model_name: str
+    model_version: str
+    outputs: np.ndarray
+    classes: np.ndarray
+    flattened: np.ndarray
+    source: np.ndarray | None
+    layout: FlattenLayout
+    coordinate_start: int
+    coordinates: np.ndarray
+
+
+class ModelCore:
+    """Serves one model to any transport.
+
+    Args:
+        limits: Bounds on requests.
+        executor: Where forward passes run, off the event loop; None makes a
+            one-thread pool (the framework parallelises each pass itself).
+    """
+
+    def __init__(self, limits: Limits, executor: concurrent.futures.Executor | None = None):
+        self._limits = limits
+        self._executor = executor or concurrent.futures.ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="flatscope-model"
+        )
+        self._served: ServedModel | None = None
+
+    @property
+    def ready(self) -> bool:
+        """True once the model is loaded and warmed up."""
+        return self._served is not None
+
+    async def load(self, loader: Callable[[], ServedModel]) -> ServedModel:
+        """Runs the blocking ``loader`` off the event loop and starts serving its model."""
+        served = await asyncio.get_running_loop().run_in_executor(self._executor, loader)
+        self._served = served
+        return served
+
+    def metadata(self, model_name: str) -> ModelDescription:
+        """Describes the served model."""
+        return self._model(model_name).description
+
+    async def predict(self, model_name: str, inputs: np.ndarray) -> Prediction:
+        """Runs the model on a batch.
+
+        Raises:
+            NotFoundError: ``model_name`` is not served.
+            InvalidInputError: The batch does not fit the model or the limits.
+            NotReadyError: The model is still loading.
+        """
+        served = self._model(model_name)
+        self._check_inputs(served, inputs)
+        outputs = await self._run(served.runner.predict, inputs)
+        return Prediction(
+            model_name=served.description.name,
+            model_version=served.description.version,
+            outputs=outputs,
+            classes=_classes(outputs),
+        )
+
+    async def inspect(
+        self,
+        model_name: str,
+        inputs: np.ndarray,
+        layer: str = "",
+        include_source: bool = False,
+        coordinate_start: int = 0,
+        coordinate_count: int = 0,
+    ) -> InspectResult:
+        """Runs the model once and returns what its Flatten layer saw, with the layout.
+
+        Raises:
+            NotFoundError: ``model_name`` or ``layer`` is not in the served model.
+            InvalidInputError: Bad inputs, a layer that is no Flatten, or a coordinate
+                range outside [0, F) or longer than the limit.
+            FailedPreconditionError: ``layer`` is empty and the model has no Flatten.
+        """
+        served = self._model(model_name)
+        layout = self._layout(served, layer)
+        self._check_coordinates(layout, coordinate_start, coordinate_count)
+        self._check_inputs(served, inputs)
+        seen = await self._run(served.runner.inspect, inputs, layout.layer_name, include_source)
+        return InspectResult(
+            model_name=served.description.name,
+            model_version=served.description.version,
+            outputs=seen.outputs,
+            classes=_classes(seen.outputs),
+            flattened=seen.flattened,
+            source=seen.source if include_source else None,
+            layout=layout,
+            coordinate_start=coordinate_start,
+            coordinates=layout.coordinates(coordinate_start, coordinate_count),
+        )
+
+    async def _run(self, fn, *args):
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    def _model(self, model_name: str) -> ServedModel:
+        served = self._served
+        if served is None:
+            raise NotReadyError("the model is still loading; retry when health is SERVING")
+        if model_name and model_name != served.description.name:
+            raise NotFoundError(
+                f"model '{model_name}' is not served here; this server serves "
+                f"'{served.description.name}' (or leave model_name empty)"
+            )
+        return served
+
+    def _check_inputs(self, served: ServedModel, inputs: np.ndarray) -> None:
+        tensors.check_batch("inputs", inputs, served.example_shape, self._limits.max_batch_size)
+
+    @staticmethod
+    def _layout(served: ServedModel, layer: str) -> FlattenLayout:
+        layouts = served.layouts
+        if layer:
+            if layer in layouts:
+                return layouts[layer]
+            known = [row.name for row in served.description.layers]
+            if layer in known:
+                kind = next(row.type for row in served.description.layers if row.name == layer)
+                raise InvalidInputError(
+                    f"layer '{layer}' is a {kind}, not a Flatten layer; "
+                    f"Flatten layers: {sorted(layouts) or 'none'}"
+                )
+            raise NotFoundError(
+                f"model '{served.description.name}' has no layer '{layer}'; "
+                f"Flatten layers: {sorted(layouts) or 'none'}"
+            )
+        if not layouts:
+            raise FailedPreconditionError(
+                f"model '{served.description.name}' has no Flatten layer to inspect"
+            )
+        if len(layouts) > 1:
+            raise InvalidInputError(
+                f"model '{served.description.name}' has {len(layouts)} Flatten layers "
+                f"{list(layouts)}; name one in 'layer'"
+            )
+        return next(iter(layouts.values()))
+
+    def _check_coordinates(self, layout: FlattenLayout, start: int, count: int) -> None:
+        size = layout.flat_size
+        if count < 0:
+            raise InvalidInputError(f"coordinate_count is {count}; expected 0 or more")
+        if count == 0:
+            return
+        if count > self._limits.max_coordinates:
+            raise InvalidInputError(
+                f"coordinate_count {count} is above this server's limit of "
+                f"{self._limits.max_coordinates} rows per request; page through the "
+                "range with coordinate_start, or compute rows from layout.strides"
+            )
+        if not 0 <= start < size or start + count > size:
+            raise InvalidInputError(
+                f"coordinates [{start}, {start + count}) reach outside the flat indices "
+                f"[0, {size}) of layer '{layout.layer_name}'"
+            )
+
+
+def _classes(outputs: np.ndarray) -> np.ndarray:
+    return outputs.reshape(outputs.shape[0], -1).argmax(axis=-1)

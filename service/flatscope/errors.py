@@ -1,0 +1,56 @@
+"""Errors the service raises, each carrying the gRPC status code it maps to.
+
+The codes are named here, not imported from grpc, so the core stays transport-free;
+the gRPC layer maps them by name in one interceptor.
+"""
+
+from __future__ import annotations
+
+import enum
+
+
+class Code(enum.Enum):
+    """The canonical status codes this service uses (names match ``grpc.StatusCode``)."""
+
+    INVALID_ARGUMENT = "INVALID_ARGUMENT"
+    NOT_FOUND = "NOT_FOUND"
+    FAILED_PRECONDITION = "FAILED_PRECONDITION"
+    RESOURCE_EXHAUSTED = "RESOURCE_EXHAUSTED"
+    UNAVAILABLE = "UNAVAILABLE"
+    INTERNAL = "INTERNAL"
+
+
+class FlatscopeError(Exception):
+    """Base class; its message is safe to show to the client."""
+
+    code = Code.INTERNAL
+
+
+class InvalidInputError(FlatscopeError):
+    """The request is malformed or does not fit the model."""
+
+    code = Code.INVALID_ARGUMENT
+
+
+class NotFoundError(FlatscopeError):
+    """The request names a model or layer that is not served."""
+
+    code = Code.NOT_FOUND
+
+
+class FailedPreconditionError(FlatscopeError):
+    """The request is well formed but the served model cannot answer it."""
+
+    code = Code.FAILED_PRECONDITION
+
+
+class NotReadyError(FlatscopeError):
+    """The model is still loading or warming up."""
+
+    code = Code.UNAVAILABLE
+
+
+class ModelLoadError(FlatscopeError):
+    """The model file cannot be served; raised at startup, not per request."""
+
+    code = Code.FAILED_PRECONDITION

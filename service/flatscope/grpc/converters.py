@@ -1,0 +1,225 @@
+"""Conversions between flatscope.v1 messages and numpy arrays or core dataclasses.
+
+Used both ways: by the servicer (requests in, replies out) and by the client.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from flatscope.core import InspectResult, Prediction
+from flatscope.errors import InvalidInputError
+from flatscope.metadata import LayerRow, ModelDescription, TensorSpec
+from flatscope.layout import FlattenLayout
+from flatscope.tensors import DTYPES, decode
+from flatscope.v1 import model_service_pb2 as pb
+from flatscope.v1 import tensor_pb2
+
+RAW = tensor_pb2.TENSOR_ENCODING_RAW
+TYPED = tensor_pb2.TENSOR_ENCODING_TYPED
+
+
+def request_array(tensor: tensor_pb2.Tensor, field: str = "inputs") -> np.ndarray:
+    """Decodes a request tensor (raw bytes are not copied).
+
+    Raises:
+        InvalidInputError: The tensor is malformed or not FLOAT32.
+    """
+    try:
+        dtype = tensor_pb2.DataType.Name(tensor.dtype)
+    except ValueError:
+        raise InvalidInputError(
+            f"{field}.dtype {tensor.dtype} is not a known DataType; expected FLOAT32"
+        ) from None
+    return decode(field, dtype, tensor.shape, tensor.raw_data, tensor.float_values)
+
+
+def to_tensor(array: np.ndarray, encoding: int = RAW) -> tensor_pb2.Tensor:
+    """Encodes a float32 array as a Tensor, as raw little-endian bytes or typed values."""
+    array = np.ascontiguousarray(array, dtype="<f4")
+    message = tensor_pb2.Tensor(dtype=tensor_pb2.FLOAT32, shape=array.shape)
+    if encoding == TYPED:
+        message.float_values.extend(array.ravel().tolist())
+    else:
+        message.raw_data = array.tobytes()
+    return message
+
+
+def from_tensor(tensor: tensor_pb2.Tensor) -> np.ndarray:
+    """Decodes a reply tensor of any supported dtype into a numpy array."""
+    shape = tuple(tensor.shape)
+    if tensor.float_values:
+        return np.asarray(tensor.float_values, dtype=np.float32).reshape(shape)
+    dtype = DTYPES[tensor_pb2.DataType.Name(tensor.dtype)]
+    return np.frombuffer(tensor.raw_data, dtype=dtype).reshape(shape)
+
+
+def predict_response(result: Prediction, encoding: int) -> pb.PredictResponse:
+    """Builds the PredictResponse for a core Prediction."""
+    return pb.PredictResponse(
+        model_name=result.model_name,
+        model_version=result.model_version,
+        outputs=to_tensor(result.outputs, encoding),
+        classes=result.classes.tolist(),
+    )
+
+
+def prediction(reply: pb.PredictResponse) -> Prediction:
+    """Reads a PredictResponse back into a Prediction."""
+    return Prediction(
+        model_name=reply.model_name,
+        model_version=reply.model_version,
+        outputs=from_tensor(reply.outputs),
+        classes=np.asarray(reply.classes, dtype=np.int64),
+    )
+
+
+def inspect_response(result: InspectResult, encoding: int) -> pb.InspectResponse:
+    """Builds the InspectResponse for a core InspectResult."""
+    reply = pb.InspectResponse(
+        model_name=result.model_name,
+        model_version=result.model_version,
+        flattened=to_tensor(result.flattened, encoding),
+        outputs=to_tensor(result.outputs, encoding),
+        layout=layout_message(result.layout, result.coordinate_start, result.coordinates),
+        classes=result.classes.tolist(),
+    )
+    if result.source is not None:
+        reply.source.CopyFrom(to_tensor(result.source, encoding))
+    return reply
+
+
+def inspection(reply: pb.InspectResponse) -> InspectResult:
+    """Reads an InspectResponse back into an InspectResult."""
+    layout, start, coordinates = layout_from_message(reply.layout)
+    return InspectResult(
+        model_name=reply.model_name,
+        model_version=reply.model_version,
+        outputs=from_tensor(reply.outputs),
+        classes=np.asarray(reply.classes, dtype=np.int64),
+        flattened=from_tensor(reply.flattened),
+        source=from_tensor(reply.source) if reply.HasField("source") else None,
+        layout=layout,
+        coordinate_start=start,
+        coordinates=coordinates,
+    )
+
+
+def layout_message(
+    layout: FlattenLayout, coordinate_start: int, coordinates: np.ndarray
+) -> pb.FlattenLayout:
+    """Builds the FlattenLayout message, with one Coordinate per row of ``coordinates``."""
+    return pb.FlattenLayout(
+        layer_name=layout.layer_name,
+        data_format=layout.data_format,
+        source_shape=layout.source_shape,
+        axis_names=layout.axis_names,
+        strides=layout.strides,
+        flat_size=layout.flat_size,
+        formula=layout.formula,
+        flat_order=layout.flat_order,
+        source_data_format=layout.source_data_format,
+        note=layout.note,
+        coordinates=[
+            pb.Coordinate(flat_index=coordinate_start + k, source_index=row)
+            for k, row in enumerate(coordinates.tolist())
+        ],
+    )
+
+
+def layout_from_message(message: pb.FlattenLayout) -> tuple[FlattenLayout, int, np.ndarray]:
+    """Reads a FlattenLayout message: the layout, the first listed flat index, the rows."""
+    layout = FlattenLayout(
+        layer_name=message.layer_name,
+        data_format=message.data_format,
+        source_shape=tuple(message.source_shape),
+        axis_names=tuple(message.axis_names),
+        strides=tuple(message.strides),
+        source_data_format=message.source_data_format,
+        note=message.note,
+    )
+    rows = [tuple(c.source_index) for c in message.coordinates]
+    coordinates = np.asarray(rows, dtype=np.int64).reshape(len(rows), layout.rank)
+    start = message.coordinates[0].flat_index if message.coordinates else 0
+    return layout, start, coordinates
+
+
+def metadata_response(description: ModelDescription) -> pb.GetModelMetadataResponse:
+    """Builds the GetModelMetadataResponse for a model description."""
+    return pb.GetModelMetadataResponse(
+        model_name=description.name,
+        model_version=description.version,
+        backend=description.backend,
+        device=description.device,
+        inputs=[_spec_message(s) for s in description.inputs],
+        outputs=[_spec_message(s) for s in description.outputs],
+        layers=[
+            pb.LayerInfo(
+                name=row.name,
+                type=row.type,
+                output_shape=_dims(row.output_shape),
+                param_count=row.param_count,
+                data_format=row.data_format,
+            )
+            for row in description.layers
+        ],
+        total_params=description.total_params,
+        trainable_params=description.trainable_params,
+        non_trainable_params=description.non_trainable_params,
+        flatten_layers=description.flatten_layers,
+        max_batch_size=description.max_batch_size,
+        source=description.source,
+    )
+
+
+def description(reply: pb.GetModelMetadataResponse) -> ModelDescription:
+    """Reads a GetModelMetadataResponse back into a ModelDescription."""
+    return ModelDescription(
+        name=reply.model_name,
+        version=reply.model_version,
+        source=reply.source,
+        backend=reply.backend,
+        device=reply.device,
+        inputs=tuple(_spec(s) for s in reply.inputs),
+        outputs=tuple(_spec(s) for s in reply.outputs),
+        layers=tuple(
+            LayerRow(
+                name=row.name,
+                type=row.type,
+                output_shape=_shape(row.output_shape),
+                param_count=row.param_count,
+                data_format=row.data_format,
+            )
+            for row in reply.layers
+        ),
+        total_params=reply.total_params,
+        trainable_params=reply.trainable_params,
+        non_trainable_params=reply.non_trainable_params,
+        flatten_layers=tuple(reply.flatten_layers),
+        max_batch_size=reply.max_batch_size,
+    )
+
+
+def _spec_message(spec: TensorSpec) -> tensor_pb2.TensorSpec:
+    dtype = spec.dtype.upper()
+    return tensor_pb2.TensorSpec(
+        name=spec.name,
+        dtype=tensor_pb2.DataType.Value(dtype) if dtype in DTYPES else 0,
+        shape=_dims(spec.shape),
+    )
+
+
+def _spec(message: tensor_pb2.TensorSpec) -> TensorSpec:
+    return TensorSpec(
+        name=message.name,
+        dtype=tensor_pb2.DataType.Name(message.dtype).lower(),
+        shape=_shape(message.shape),
+    )
+
+
+def _dims(shape: tuple[int | None, ...]) -> list[int]:
+    return [-1 if d is None else d for d in shape]
+
+
+def _shape(dims) -> tuple[int | None, ...]:
+    return tuple(None if d < 0 else d for d in dims)

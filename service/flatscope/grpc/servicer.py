@@ -1,0 +1,43 @@
+"""The flatscope.v1.ModelService servicer: convert, await the core, convert back."""
+
+from __future__ import annotations
+
+import grpc
+
+from flatscope.core import ModelCore
+from flatscope.grpc import converters
+from flatscope.v1 import model_service_pb2 as pb
+from flatscope.v1 import model_service_pb2_grpc
+
+
+class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
+    """Serves ModelService from a ModelCore."""
+
+    def __init__(self, core: ModelCore):
+        self._core = core
+
+    async def Predict(
+        self, request: pb.PredictRequest, context: grpc.aio.ServicerContext
+    ) -> pb.PredictResponse:
+        inputs = converters.request_array(request.inputs)
+        result = await self._core.predict(request.model_name, inputs)
+        return converters.predict_response(result, request.output_encoding)
+
+    async def Inspect(
+        self, request: pb.InspectRequest, context: grpc.aio.ServicerContext
+    ) -> pb.InspectResponse:
+        inputs = converters.request_array(request.inputs)
+        result = await self._core.inspect(
+            request.model_name,
+            inputs,
+            layer=request.layer,
+            include_source=request.include_source,
+            coordinate_start=request.coordinate_start,
+            coordinate_count=request.coordinate_count,
+        )
+        return converters.inspect_response(result, request.output_encoding)
+
+    async def GetModelMetadata(
+        self, request: pb.GetModelMetadataRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetModelMetadataResponse:
+        return converters.metadata_response(self._core.metadata(request.model_name))

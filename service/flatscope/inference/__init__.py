@@ -1,0 +1,82 @@
+"""The inference layer: the only part of flatscope that imports Keras."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+
+from flatscope.inference import model as keras_model
+from flatscope.inference.runner import CompiledModel, Inspection, configure_devices
+from flatscope.layout import FlattenLayout
+from flatscope.metadata import ModelDescription
+
+__all__ = ["Inspection", "ServedModel", "load_served_model"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class ServedModel:
+    """A loaded, compiled and warmed-up model with everything the core needs to know."""
+
+    runner: CompiledModel
+    description: ModelDescription
+    layouts: dict[str, FlattenLayout]
+
+    @property
+    def example_shape(self) -> tuple[int | None, ...]:
+        """The model's input shape without the batch axis."""
+        return self.description.inputs[0].shape[1:]
+
+
+def load_served_model(
+    path: Path | None, name: str = "", version: str = "1", max_batch_size: int = 1
+) -> ServedModel:
+    """Loads, compiles and warms up a model (blocking: seconds).
+
+    Args:
+        path: A ``.keras`` file, or None for the embedded default model.
+        name: Name to serve it under; empty uses the model's own name.
+        version: Version to report.
+        max_batch_size: Largest batch a request may carry (reported in metadata).
+
+    Raises:
+        ModelLoadError: The model cannot be served.
+    """
+    started = time.monotonic()
+    configure_devices()
+    model, source = keras_model.load(path)
+    flattens = keras_model.flatten_layers(model)
+    layouts = {layer.name: keras_model.layout_of(model, layer) for layer in flattens}
+    runner = CompiledModel(model, flattens)
+    description = dataclasses.replace(
+        keras_model.describe(model, source, name, version),
+        device=runner.device,
+        max_batch_size=max_batch_size,
+    )
+    served = ServedModel(runner=runner, description=description, layouts=layouts)
+    _warm_up(served)
+    log.info(
+        "model %s v%s from %s: input %s, Flatten layers %s; loaded and warmed up in %.1f s",
+        description.name,
+        version,
+        source,
+        description.inputs[0].shape,
+        list(layouts) or "none",
+        time.monotonic() - started,
+    )
+    return served
+
+
+def _warm_up(served: ServedModel) -> None:
+    # Traces both compiled graphs so that no request pays for it.
+    example = tuple(1 if d is None else d for d in served.example_shape)
+    for batch in (1, 2):
+        zeros = np.zeros((batch, *example), dtype=np.float32)
+        served.runner.predict(zeros)
+        for layer in served.layouts:
+            served.runner.inspect(zeros, layer)

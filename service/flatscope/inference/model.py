@@ -1,0 +1,138 @@
+"""Loading a Keras model and describing it: signature, layer table, Flatten layouts."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import keras
+
+from flatscope import default_model
+from flatscope.errors import ModelLoadError
+from flatscope.layout import FlattenLayout, flatten_layout
+from flatscope.metadata import LayerRow, ModelDescription, TensorSpec
+
+log = logging.getLogger(__name__)
+
+
+def load(path: Path | None) -> tuple[keras.Model, str]:
+    """Loads a ``.keras`` file with safe mode on, or the embedded default model.
+
+    Returns:
+        The model and a description of where it came from.
+
+    Raises:
+        ModelLoadError: The file is missing, unreadable, or not a model we can serve.
+    """
+    source = str(path) if path else f"embedded:{default_model.MODEL_FILE}"
+    file = path or default_model.model_path()
+    if not file.is_file():
+        raise ModelLoadError(f"model file {file} does not exist")
+    if file.suffix != ".keras":
+        raise ModelLoadError(f"model file {file} is not a .keras file (Keras v3 format)")
+    try:
+        model = keras.saving.load_model(file, compile=False, safe_mode=True)
+    except Exception as exc:  # Keras raises many types; all mean "cannot serve this".
+        raise ModelLoadError(f"cannot load {file}: {exc}") from exc
+    if not isinstance(model, keras.Model):
+        raise ModelLoadError(f"{file} holds a {type(model).__name__}, not a keras.Model")
+    if len(model.inputs) != 1 or len(model.outputs) != 1:
+        raise ModelLoadError(
+            f"{file}: model has {len(model.inputs)} inputs and {len(model.outputs)} outputs; "
+            "flatscope serves models with exactly one of each"
+        )
+    return model, source
+
+
+def flatten_layers(model: keras.Model) -> list[keras.layers.Flatten]:
+    """The model's top-level Flatten layers, in layer order."""
+    return [layer for layer in model.layers if isinstance(layer, keras.layers.Flatten)]
+
+
+def layout_of(model: keras.Model, layer: keras.layers.Flatten) -> FlattenLayout:
+    """Derives the index layout of one Flatten layer from the layer and its producer."""
+    source_shape = tuple(layer.input.shape[1:])
+    if any(d is None for d in source_shape):
+        raise ModelLoadError(
+            f"Flatten layer '{layer.name}' takes shape {(None, *source_shape)}; a layout "
+            "needs every dimension but the batch to be known"
+        )
+    return flatten_layout(
+        layer.name,
+        source_shape,
+        layer.data_format,
+        source_data_format=_producer_data_format(model, layer.input),
+    )
+
+
+def describe(model: keras.Model, source: str, name: str, version: str) -> ModelDescription:
+    """Builds the signature and layer table of a model."""
+    layers = tuple(
+        LayerRow(
+            name=layer.name,
+            type=type(layer).__name__,
+            output_shape=_output_shape(layer),
+            param_count=int(layer.count_params()) if layer.built else 0,
+            data_format=str(getattr(layer, "data_format", "") or ""),
+        )
+        for layer in model.layers
+    )
+    trainable = sum(int(w.numpy().size) for w in model.trainable_weights)
+    non_trainable = sum(int(w.numpy().size) for w in model.non_trainable_weights)
+    output_layer = model.layers[-1].name if model.layers else "output"
+    return ModelDescription(
+        name=name or model.name,
+        version=version,
+        source=source,
+        backend=keras.backend.backend(),
+        device="",
+        inputs=tuple(_spec(t, t.name) for t in model.inputs),
+        outputs=tuple(_spec(t, output_layer) for t in model.outputs),
+        layers=layers,
+        total_params=trainable + non_trainable,
+        trainable_params=trainable,
+        non_trainable_params=non_trainable,
+        flatten_layers=tuple(layer.name for layer in flatten_layers(model)),
+    )
+
+
+def _spec(tensor, name: str) -> TensorSpec:
+    return TensorSpec(name=name, dtype=str(tensor.dtype), shape=tuple(tensor.shape))
+
+
+def _output_shape(layer: keras.layers.Layer) -> tuple[int | None, ...]:
+    try:
+        output = layer.output
+    except (AttributeError, ValueError):  # never called, or shared by several calls
+        return ()
+    if isinstance(output, (list, tuple)):
+        output = output[0]
+    return tuple(output.shape)
+
+
+def _producer_data_format(model: keras.Model, tensor) -> str:
+    """The data_format of the nearest layer upstream that decides what the axes mean.
+
+    Walks back through layers that keep the shape (activations, dropout, batch norm);
+    stops with "" at a layer that reshapes without a data_format, or at the input.
+    """
+    producers = {}
+    for layer in model.layers:
+        try:
+            producers[id(layer.output)] = layer
+        except (AttributeError, ValueError):
+            continue
+    seen = set()
+    while id(tensor) in producers and id(tensor) not in seen:
+        seen.add(id(tensor))
+        layer = producers[id(tensor)]
+        data_format = getattr(layer, "data_format", None)
+        if data_format:
+            return str(data_format)
+        if isinstance(layer, keras.layers.InputLayer):
+            return ""
+        inputs = layer.input if isinstance(layer.input, (list, tuple)) else [layer.input]
+        if not inputs or tuple(inputs[0].shape) != tuple(tensor.shape):
+            return ""
+        tensor = inputs[0]
+    return ""

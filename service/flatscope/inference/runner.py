@@ -1,0 +1,82 @@
+"""Compiled forward passes: predictions alone, or predictions with the Flatten tensors."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+import keras
+import numpy as np
+
+from flatscope.errors import ModelLoadError
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class Inspection:
+    """One forward pass seen at a Flatten layer; arrays carry the batch axis."""
+
+    outputs: np.ndarray
+    source: np.ndarray
+    flattened: np.ndarray
+
+
+class CompiledModel:
+    """A Keras model behind compiled calls, never ``model.predict``.
+
+    ``predict`` runs the model alone; ``inspect`` runs a second graph over the same
+    weights that also returns what enters and leaves every Flatten layer, so a single
+    pass yields the prediction and the intermediate tensors.
+
+    Args:
+        model: A loaded single-input, single-output model.
+        flatten_layers: The Flatten layers ``inspect`` can report.
+    """
+
+    def __init__(self, model: keras.Model, flatten_layers: list[keras.layers.Layer]):
+        backend = keras.backend.backend()
+        if backend != "tensorflow":
+            raise ModelLoadError(
+                f"Keras backend {backend!r} has no compiled inference path yet; "
+                "run with KERAS_BACKEND=tensorflow"
+            )
+        import tensorflow as tf
+
+        self._names = [layer.name for layer in flatten_layers]
+        probe_outputs = [model.outputs[0]]
+        for layer in flatten_layers:
+            probe_outputs += [layer.input, layer.output]
+        probe = keras.Model(model.inputs, probe_outputs, name=f"{model.name}_probe")
+        spec = [tf.TensorSpec((None, *model.inputs[0].shape[1:]), tf.float32)]
+        # One trace serves every batch size: the batch axis stays unknown.
+        self._predict = tf.function(lambda x: model(x, training=False), input_signature=spec)
+        self._inspect = tf.function(lambda x: probe(x, training=False), input_signature=spec)
+        gpus = tf.config.list_logical_devices("GPU")
+        self.device = "gpu:0" if gpus else "cpu"
+
+    def predict(self, inputs: np.ndarray) -> np.ndarray:
+        """Returns the model's output for a batch."""
+        return self._predict(inputs).numpy()
+
+    def inspect(self, inputs: np.ndarray, layer: str, include_source: bool = True) -> Inspection:
+        """Runs one pass and returns the outputs and the tensors around Flatten ``layer``."""
+        results = self._inspect(inputs)
+        at = 1 + 2 * self._names.index(layer)
+        source = results[at].numpy() if include_source else np.empty((0,), np.float32)
+        return Inspection(
+            outputs=results[0].numpy(), source=source, flattened=results[at + 1].numpy()
+        )
+
+
+def configure_devices() -> None:
+    """Lets TensorFlow grow GPU memory as needed instead of taking the whole card."""
+    if keras.backend.backend() != "tensorflow":
+        return
+    import tensorflow as tf
+
+    for gpu in tf.config.list_physical_devices("GPU"):
+        try:
+            tf.config.experimental.set_memory_growth(gpu, True)
+        except RuntimeError:  # already initialised (e.g. a second model in one process)
+            log.debug("memory growth for %s already fixed", gpu.name)

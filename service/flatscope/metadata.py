@@ -1,0 +1,44 @@
+"""What a served model looks like from outside: signature and layer table."""
+
+from __future__ import annotations
+
+import dataclasses
+
+
+@dataclasses.dataclass(frozen=True)
+class TensorSpec:
+    """Name, dtype and shape of one model input or output; None marks any size."""
+
+    name: str
+    dtype: str
+    shape: tuple[int | None, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerRow:
+    """One row of the layer table, as ``model.summary()`` prints it."""
+
+    name: str
+    type: str
+    output_shape: tuple[int | None, ...]
+    param_count: int
+    data_format: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelDescription:
+    """What GetModelMetadata returns about the served model."""
+
+    name: str
+    version: str
+    source: str
+    backend: str
+    device: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    layers: tuple[LayerRow, ...]
+    total_params: int
+    trainable_params: int
+    non_trainable_params: int
+    flatten_layers: tuple[str, ...]
+    max_batch_size: int = 0

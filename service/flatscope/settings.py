@@ -1,0 +1,49 @@
+"""Server settings: one typed object, read from FLATSCOPE_* variables and CLI flags."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+MiB = 1024 * 1024
+
+
+class Settings(BaseSettings):
+    """Everything ``flatscope serve`` can be told.
+
+    Each field is also the environment variable ``FLATSCOPE_<FIELD>`` and the flag
+    ``--<field-with-dashes>``; a flag wins over the variable.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="FLATSCOPE_", extra="forbid")
+
+    host: str = Field("127.0.0.1", description="Address to listen on.")
+    port: int = Field(8500, ge=0, le=65535, description="gRPC port (0: any free port).")
+    model: Path | None = Field(
+        None, description="A .keras file to serve; unset serves the embedded digits model."
+    )
+    model_name: str = Field(
+        "", description="Name the model is served under (default: the model's own name)."
+    )
+    model_version: str = Field("1", description="Version reported with every reply.")
+    max_batch_size: int = Field(
+        256, ge=1, description="Most examples accepted in one request."
+    )
+    max_coordinates: int = Field(
+        65536, ge=0, description="Most layout coordinate rows returned by one Inspect."
+    )
+    max_receive_message_bytes: int = Field(
+        64 * MiB, ge=1024, description="Largest request message accepted, in bytes."
+    )
+    max_send_message_bytes: int = Field(
+        64 * MiB, ge=1024, description="Largest reply message sent, in bytes."
+    )
+    shutdown_grace: float = Field(
+        10.0, ge=0, description="Seconds in-flight calls get to finish on shutdown."
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        "INFO", description="Log level."
+    )

@@ -51,7 +51,7 @@ def load_served_model(
     configure_devices()
     model, source = keras_model.load(path)
     flattens = keras_model.flatten_layers(model)
-    layouts = {layer.name: keras_model.layout_of(model, layer) for layer in flattens}
+    layouts = {layer.name: keras_model.layout_of(layer) for layer in flattens}
     runner = CompiledModel(model, flattens)
     description = dataclasses.replace(
         keras_model.describe(model, source, name, version),

@@ -49,7 +49,7 @@ def flatten_layers(model: keras.Model) -> list[keras.layers.Flatten]:
     return [layer for layer in model.layers if isinstance(layer, keras.layers.Flatten)]
 
 
-def layout_of(model: keras.Model, layer: keras.layers.Flatten) -> FlattenLayout:
+def layout_of(layer: keras.layers.Flatten) -> FlattenLayout:
     """Derives the index layout of one Flatten layer from the layer and its producer."""
     source_shape = tuple(layer.input.shape[1:])
     if any(d is None for d in source_shape):
@@ -61,7 +61,7 @@ def layout_of(model: keras.Model, layer: keras.layers.Flatten) -> FlattenLayout:
         layer.name,
         source_shape,
         layer.data_format,
-        source_data_format=_producer_data_format(model, layer.input),
+        source_data_format=_producer_data_format(layer.input),
     )
 
 
@@ -110,28 +110,29 @@ def _output_shape(layer: keras.layers.Layer) -> tuple[int | None, ...]:
     return tuple(output.shape)
 
 
-def _producer_data_format(model: keras.Model, tensor) -> str:
+def _producer_data_format(tensor) -> str:
     """The data_format of the nearest layer upstream that decides what the axes mean.
 
     Walks back through layers that keep the shape (activations, dropout, batch norm);
     stops with "" at a layer that reshapes without a data_format, or at the input.
     """
-    producers = {}
-    for layer in model.layers:
-        try:
-            producers[id(layer.output)] = layer
-        except (AttributeError, ValueError):
-            continue
-    seen = set()
-    while id(tensor) in producers and id(tensor) not in seen:
-        seen.add(id(tensor))
-        layer = producers[id(tensor)]
+    # Keras has no public "producer of this tensor" API; ``_keras_history`` is what its
+    # own graph code follows. ``layer.output`` is no substitute: layers of a Sequential
+    # model have several call nodes and it answers for the first one only.
+    for _ in range(1000):  # bounded: a graph is acyclic, this only guards odd models
+        history = getattr(tensor, "_keras_history", None)
+        if history is None:
+            return ""
+        layer = history.operation
         data_format = getattr(layer, "data_format", None)
         if data_format:
             return str(data_format)
         if isinstance(layer, keras.layers.InputLayer):
             return ""
-        inputs = layer.input if isinstance(layer.input, (list, tuple)) else [layer.input]
+        try:
+            inputs = layer._inbound_nodes[history.node_index].input_tensors
+        except (AttributeError, IndexError):
+            return ""
         if not inputs or tuple(inputs[0].shape) != tuple(tensor.shape):
             return ""
         tensor = inputs[0]

@@ -47,7 +47,7 @@ class CompiledModel:
         probe_outputs = [model.outputs[0]]
         for layer in flatten_layers:
             probe_outputs += [layer.input, layer.output]
-        probe = keras.Model(model.inputs, probe_outputs, name=f"{model.name}_probe")
+        probe = keras.Model(model.inputs[0], probe_outputs, name=f"{model.name}_probe")
         spec = [tf.TensorSpec((None, *model.inputs[0].shape[1:]), tf.float32)]
         # One trace serves every batch size: the batch axis stays unknown.
         self._predict = tf.function(lambda x: model(x, training=False), input_signature=spec)

@@ -59,18 +59,23 @@ def _parser() -> argparse.ArgumentParser:
         if name == "metadata":
             continue
         command.add_argument("--image", type=Path, help="an image file (default: random input)")
-        command.add_argument(
-            "--invert", action="store_true", help="flip dark and light in --image"
-        )
+        command.add_argument("--invert", action="store_true", help="flip dark and light in --image")
         command.add_argument("--seed", type=int, default=0, help="seed of the random input")
         if name == "inspect":
             command.add_argument("--layer", default="", help="Flatten layer (default: the one)")
             command.add_argument(
-                "--flat", type=int, action="append", default=[], metavar="I",
+                "--flat",
+                type=int,
+                action="append",
+                default=[],
+                metavar="I",
                 help="a flat index to trace back to the source (repeatable)",
             )
             command.add_argument(
-                "--at", action="append", default=[], metavar="H,W,C",
+                "--at",
+                action="append",
+                default=[],
+                metavar="H,W,C",
                 help="a source index, e.g. 1,1,1, to find in the flat vector (repeatable)",
             )
     return parser
@@ -151,8 +156,10 @@ def _inspect(args: argparse.Namespace) -> None:
         result = client.inspect(_example(args, client), layer=args.layer, include_source=True)
     layout = result.layout
     names = ", ".join(layout.axis_names)
-    print(f"model {result.model_name} v{result.model_version}: Flatten layer "
-          f"'{layout.layer_name}' ({layout.data_format})")
+    print(
+        f"model {result.model_name} v{result.model_version}: Flatten layer "
+        f"'{layout.layer_name}' ({layout.data_format})"
+    )
     print(f"source ({names}) = {layout.source_shape} -> {layout.flat_size} features")
     print(f"flat order: {', '.join(layout.flat_order)} ({layout.flat_order[-1]} fastest)")
     print(f"strides: {layout.strides}")
@@ -178,8 +185,10 @@ def _metadata(args: argparse.Namespace) -> None:
     for kind, specs in (("input", meta.inputs), ("output", meta.outputs)):
         for spec in specs:
             print(f"{kind:<7}{spec.name} {spec.dtype} {_shape(spec.shape)}")
-    rows = [(f"{r.name} ({r.type})", _shape(r.output_shape), f"{r.param_count:,}", r.data_format)
-            for r in meta.layers]
+    rows = [
+        (f"{r.name} ({r.type})", _shape(r.output_shape), f"{r.param_count:,}", r.data_format)
+        for r in meta.layers
+    ]
     header = ("Layer (type)", "Output Shape", "Param #", "Data format")
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(4)]
     rule = "-" * (sum(widths) + 6)
@@ -194,6 +203,8 @@ def _metadata(args: argparse.Namespace) -> None:
 
 
 def _shape(shape) -> str:
-    return "(" + ", ".join("None" if d is None else str(d) for d in shape) + (
-        ",)" if len(shape) == 1 else ")"
+    return (
+        "("
+        + ", ".join("None" if d is None else str(d) for d in shape)
+        + (",)" if len(shape) == 1 else ")")
     )

@@ -59,9 +59,7 @@ class Client:
 
     def predict(self, inputs: np.ndarray) -> Prediction:
         """Runs the model on a batch ``(N, *input_shape)`` of float32 inputs."""
-        request = pb.PredictRequest(
-            model_name=self.model_name, inputs=converters.to_tensor(inputs)
-        )
+        request = pb.PredictRequest(model_name=self.model_name, inputs=converters.to_tensor(inputs))
         return converters.prediction(self._stub.Predict(request, timeout=self._timeout))
 
     def inspect(

@@ -92,7 +92,7 @@ class ModelCore:
         """Describes the served model."""
         return self._model(model_name).description
 
-    async def predict(self, model_name: str, inputs: np.ndarray) -> Prediction:
+    async def predict(self, model_name: str, inputs: tensors.TensorPayload) -> Prediction:
         """Runs the model on a batch.
 
         Raises:
@@ -101,8 +101,8 @@ class ModelCore:
             NotReadyError: The model is still loading.
         """
         served = self._model(model_name)
-        self._check_inputs(served, inputs)
-        outputs = await self._run(served.runner.predict, inputs)
+        batch = self._batch(served, inputs)
+        outputs = await self._run(served.runner.predict, batch)
         return Prediction(
             model_name=served.description.name,
             model_version=served.description.version,
@@ -113,7 +113,7 @@ class ModelCore:
     async def inspect(
         self,
         model_name: str,
-        inputs: np.ndarray,
+        inputs: tensors.TensorPayload,
         layer: str = "",
         include_source: bool = False,
         coordinate_start: int = 0,
@@ -130,8 +130,8 @@ class ModelCore:
         served = self._model(model_name)
         layout = self._layout(served, layer)
         self._check_coordinates(layout, coordinate_start, coordinate_count)
-        self._check_inputs(served, inputs)
-        seen = await self._run(served.runner.inspect, inputs, layout.layer_name, include_source)
+        batch = self._batch(served, inputs)
+        seen = await self._run(served.runner.inspect, batch, layout.layer_name, include_source)
         return InspectResult(
             model_name=served.description.name,
             model_version=served.description.version,
@@ -158,8 +158,8 @@ class ModelCore:
             )
         return served
 
-    def _check_inputs(self, served: ServedModel, inputs: np.ndarray) -> None:
-        tensors.check_batch("inputs", inputs, served.example_shape, self._limits.max_batch_size)
+    def _batch(self, served: ServedModel, inputs: tensors.TensorPayload) -> np.ndarray:
+        return tensors.to_batch("inputs", inputs, served.example_shape, self._limits.max_batch_size)
 
     @staticmethod
     def _layout(served: ServedModel, layer: str) -> FlattenLayout:

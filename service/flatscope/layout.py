@@ -94,10 +94,10 @@ class FlattenLayout:
                 f"source index {tuple(source_index)} has {len(source_index)} entries; "
                 f"expected {self.rank} for source shape {self.source_shape}"
             )
-        for i, size, name in zip(source_index, self.source_shape, self.axis_names):
+        for i, size, name in zip(source_index, self.source_shape, self.axis_names, strict=True):
             if not 0 <= i < size:
                 raise IndexError(f"{name} index {i} is outside [0, {size})")
-        return sum(int(i) * s for i, s in zip(source_index, self.strides))
+        return sum(int(i) * s for i, s in zip(source_index, self.strides, strict=True))
 
     def source_index(self, flat_index: int) -> tuple[int, ...]:
         """Returns the source index that flat index ``flat_index`` came from.
@@ -118,7 +118,7 @@ class FlattenLayout:
         """
         flat = np.arange(start, start + count, dtype=np.int64)
         rows = np.empty((count, self.rank), dtype=np.int64)
-        for axis, (stride, size) in enumerate(zip(self.strides, self.source_shape)):
+        for axis, (stride, size) in enumerate(zip(self.strides, self.source_shape, strict=True)):
             rows[:, axis] = (flat // stride) % size
         return rows
 

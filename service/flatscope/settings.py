@@ -29,9 +29,7 @@ class Settings(BaseSettings):
         "", description="Name the model is served under (default: the model's own name)."
     )
     model_version: str = Field("1", description="Version reported with every reply.")
-    max_batch_size: int = Field(
-        256, ge=1, description="Most examples accepted in one request."
-    )
+    max_batch_size: int = Field(256, ge=1, description="Most examples accepted in one request.")
     max_coordinates: int = Field(
         65536, ge=0, description="Most layout coordinate rows returned by one Inspect."
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 
@@ -22,33 +23,87 @@ ACCEPTED_DTYPE = "FLOAT32"
 UNSPECIFIED_DTYPE = "DATA_TYPE_UNSPECIFIED"
 
 
-def decode(
-    field: str,
-    dtype: str,
-    shape: Sequence[int],
-    raw_data: bytes,
-    float_values: Sequence[float],
-) -> np.ndarray:
-    """Turns the parts of a Tensor message into a float32 array, without copying raw bytes.
+@dataclasses.dataclass(frozen=True)
+class TensorPayload:
+    """A tensor as a client sent it, before it is checked.
 
-    Args:
-        field: Name of the request field, for error messages.
-        dtype: The ``DataType`` enum name sent by the client.
+    Attributes:
+        dtype: The ``DataType`` enum name, e.g. "FLOAT32".
         shape: The declared shape.
         raw_data: Packed little-endian row-major bytes, or empty.
         float_values: Typed values, or empty.
+    """
+
+    dtype: str
+    shape: Sequence[int]
+    raw_data: bytes = b""
+    float_values: Sequence[float] = ()
+
+
+def to_batch(
+    field: str,
+    payload: TensorPayload,
+    example_shape: Sequence[int | None],
+    max_batch_size: int,
+) -> np.ndarray:
+    """Decodes a request tensor and checks that it is a batch the model takes.
+
+    Raw bytes are not copied.
+
+    Args:
+        field: Name of the request field, for error messages.
+        payload: The tensor as sent.
+        example_shape: The model's input shape without the batch axis; None or -1
+            entries accept any size.
+        max_batch_size: Largest number of examples accepted.
 
     Returns:
-        A read-only float32 array of the declared shape.
+        A read-only float32 array of shape (N, *example_shape), N >= 1, all finite.
 
     Raises:
-        InvalidInputError: The parts disagree with each other or use another dtype.
+        InvalidInputError: The tensor is malformed or does not fit; the message says
+            what was expected.
     """
-    shape = tuple(int(d) for d in shape)
-    if any(d < 0 for d in shape):
-        raise InvalidInputError(f"{field}.shape {shape} has a negative dimension")
-    count = math.prod(shape)
+    expected = "(batch, " + ", ".join(_dim(d) for d in example_shape) + ")"
+    array = _decode(field, payload, expected)
+    if array.ndim != len(example_shape) + 1:
+        raise InvalidInputError(
+            f"{field} shape {array.shape} has rank {array.ndim}; expected {expected}"
+        )
+    for got, want in zip(array.shape[1:], example_shape, strict=True):
+        if want not in (None, -1) and got != want:
+            raise InvalidInputError(f"{field} shape {array.shape} does not match {expected}")
+    batch = array.shape[0]
+    if batch == 0:
+        raise InvalidInputError(f"{field} is an empty batch; send at least one example")
+    if batch > max_batch_size:
+        raise InvalidInputError(
+            f"{field} has a batch of {batch}; this server takes at most {max_batch_size} "
+            "examples per request (split the batch)"
+        )
+    if not np.isfinite(array).all():
+        bad = int(np.argwhere(~np.isfinite(array))[0][0])
+        raise InvalidInputError(
+            f"{field} holds NaN or infinite values (first in example {bad}); "
+            "expected finite numbers"
+        )
+    return array
+
+
+def _decode(field: str, payload: TensorPayload, expected: str) -> np.ndarray:
+    shape = tuple(int(d) for d in payload.shape)
+    dtype = payload.dtype
+    raw_data, float_values = payload.raw_data, payload.float_values
     has_raw, has_values = len(raw_data) > 0, len(float_values) > 0
+    if not shape and not has_raw and not has_values:
+        raise InvalidInputError(
+            f"{field} is not set; expected a {ACCEPTED_DTYPE} tensor of shape {expected}"
+        )
+    if any(d < 0 for d in shape):
+        raise InvalidInputError(
+            f"{field}.shape {shape} has a negative dimension; expected {expected}"
+        )
+    count = math.prod(shape)
     if has_raw and has_values:
         raise InvalidInputError(
             f"{field} sets both raw_data and float_values; set exactly one of them"
@@ -78,49 +133,9 @@ def decode(
         return np.frombuffer(raw_data, dtype=DTYPES[ACCEPTED_DTYPE]).reshape(shape)
     if len(float_values) != count:
         raise InvalidInputError(
-            f"{field}.float_values has {len(float_values)} values; "
-            f"shape {shape} needs {count}"
+            f"{field}.float_values has {len(float_values)} values; shape {shape} needs {count}"
         )
     return np.asarray(float_values, dtype=np.float32).reshape(shape)
-
-
-def check_batch(
-    field: str, array: np.ndarray, example_shape: Sequence[int], max_batch_size: int
-) -> None:
-    """Checks that ``array`` is a non-empty batch of finite examples the model takes.
-
-    Args:
-        field: Name of the request field, for error messages.
-        array: The decoded batch.
-        example_shape: The model's input shape without the batch axis; None or -1
-            entries accept any size.
-        max_batch_size: Largest number of examples accepted.
-
-    Raises:
-        InvalidInputError: The batch does not fit.
-    """
-    expected = "(batch, " + ", ".join(_dim(d) for d in example_shape) + ")"
-    if array.ndim != len(example_shape) + 1:
-        raise InvalidInputError(
-            f"{field} shape {array.shape} has rank {array.ndim}; expected {expected}"
-        )
-    for got, want in zip(array.shape[1:], example_shape):
-        if want not in (None, -1) and got != want:
-            raise InvalidInputError(f"{field} shape {array.shape} does not match {expected}")
-    batch = array.shape[0]
-    if batch == 0:
-        raise InvalidInputError(f"{field} is an empty batch; send at least one example")
-    if batch > max_batch_size:
-        raise InvalidInputError(
-            f"{field} has a batch of {batch}; this server takes at most {max_batch_size} "
-            "examples per request (split the batch)"
-        )
-    if not np.isfinite(array).all():
-        bad = int(np.argwhere(~np.isfinite(array))[0][0])
-        raise InvalidInputError(
-            f"{field} holds NaN or infinite values (first in example {bad}); "
-            "expected finite numbers"
-        )
 
 
 def _dim(d: int | None) -> str:

@@ -32,12 +32,12 @@ def _assert_layout_exact(result, inputs_source: np.ndarray, keras_flat: np.ndarr
     index = np.indices(layout.source_shape).reshape(layout.rank, -1)
     flat = np.tensordot(np.asarray(layout.strides), index, axes=1)
     assert sorted(flat.tolist()) == list(range(layout.flat_size))
-    np.testing.assert_array_equal(
-        result.flattened[:, flat], result.source[(slice(None), *index)]
-    )
+    np.testing.assert_array_equal(result.flattened[:, flat], result.source[(slice(None), *index)])
     # The explicit coordinate rows, when asked for, say the same.
     if len(result.coordinates):
-        flats = np.arange(result.coordinate_start, result.coordinate_start + len(result.coordinates))
+        flats = np.arange(
+            result.coordinate_start, result.coordinate_start + len(result.coordinates)
+        )
         np.testing.assert_array_equal(
             result.flattened[:, flats], result.source[(slice(None), *result.coordinates.T)]
         )

@@ -8,10 +8,9 @@ from __future__ import annotations
 import numpy as np
 
 from flatscope.core import InspectResult, Prediction
-from flatscope.errors import InvalidInputError
-from flatscope.metadata import LayerRow, ModelDescription, TensorSpec
 from flatscope.layout import FlattenLayout
-from flatscope.tensors import DTYPES, decode
+from flatscope.metadata import LayerRow, ModelDescription, TensorSpec
+from flatscope.tensors import DTYPES, TensorPayload
 from flatscope.v1 import model_service_pb2 as pb
 from flatscope.v1 import tensor_pb2
 
@@ -19,19 +18,13 @@ RAW = tensor_pb2.TENSOR_ENCODING_RAW
 TYPED = tensor_pb2.TENSOR_ENCODING_TYPED
 
 
-def request_array(tensor: tensor_pb2.Tensor, field: str = "inputs") -> np.ndarray:
-    """Decodes a request tensor (raw bytes are not copied).
-
-    Raises:
-        InvalidInputError: The tensor is malformed or not FLOAT32.
-    """
+def request_payload(tensor: tensor_pb2.Tensor) -> TensorPayload:
+    """Wraps a request tensor for the core, which checks it (raw bytes are not copied)."""
     try:
         dtype = tensor_pb2.DataType.Name(tensor.dtype)
-    except ValueError:
-        raise InvalidInputError(
-            f"{field}.dtype {tensor.dtype} is not a known DataType; expected FLOAT32"
-        ) from None
-    return decode(field, dtype, tensor.shape, tensor.raw_data, tensor.float_values)
+    except ValueError:  # proto3 enums are open: any number arrives
+        dtype = f"DataType({tensor.dtype})"
+    return TensorPayload(dtype, tensor.shape, tensor.raw_data, tensor.float_values)
 
 
 def to_tensor(array: np.ndarray, encoding: int = RAW) -> tensor_pb2.Tensor:

@@ -19,14 +19,14 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
     async def Predict(
         self, request: pb.PredictRequest, context: grpc.aio.ServicerContext
     ) -> pb.PredictResponse:
-        inputs = converters.request_array(request.inputs)
+        inputs = converters.request_payload(request.inputs)
         result = await self._core.predict(request.model_name, inputs)
         return converters.predict_response(result, request.output_encoding)
 
     async def Inspect(
         self, request: pb.InspectRequest, context: grpc.aio.ServicerContext
     ) -> pb.InspectResponse:
-        inputs = converters.request_array(request.inputs)
+        inputs = converters.request_payload(request.inputs)
         result = await self._core.inspect(
             request.model_name,
             inputs,

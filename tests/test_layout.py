@@ -42,7 +42,7 @@ def test_layout_reproduces_keras_flatten(shape, data_format):
     np.testing.assert_array_equal(expected, source[(slice(None), *rows.T)])
     # ...and every source index, through the strides.
     for index in itertools.product(*(range(d) for d in shape)):
-        flat = sum(i * s for i, s in zip(index, layout.strides))
+        flat = sum(i * s for i, s in zip(index, layout.strides, strict=True))
         np.testing.assert_array_equal(expected[:, flat], source[(slice(None), *index)])
     np.testing.assert_array_equal(layout.unflatten(expected), source)
 

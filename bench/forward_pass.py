@@ -68,7 +68,8 @@ def main() -> None:
     for name, samples in times.items():
         p50 = statistics.median(samples)
         p90 = statistics.quantiles(samples, n=10)[-1]
-        print(f"{name:<11} {len(samples):>6} {p50 * 1e3:>8.2f} {p90 * 1e3:>8.2f} {p50 / base:>15.1f}")
+        ms = f"{p50 * 1e3:>8.2f} {p90 * 1e3:>8.2f}"
+        print(f"{name:<11} {len(samples):>6} {ms} {p50 / base:>15.1f}")
 
 
 def _default_path() -> Path:

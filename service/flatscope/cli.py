@@ -131,7 +131,7 @@ def _rpc(fn):
         except grpc.RpcError as exc:
             print(f"flatscope: {exc.code().name}: {exc.details()}", file=sys.stderr)
             return 1
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, IndexError) as exc:
             print(f"flatscope: {exc}", file=sys.stderr)
             return 1
         return 0

@@ -1,0 +1,315 @@
+"""The ``flatscope`` command line against real server processes: serve, predict, inspect."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+from PIL import Image
+
+from flatscope.client import Client
+from flatscope.default_model import digits_split
+
+FLATSCOPE = Path(sys.executable).parent / "flatscope"
+START_TIMEOUT = 120.0  # seconds for a server process to open its port and load the model
+STOP_TIMEOUT = 30.0  # seconds for a server process to exit after SIGTERM (grace is 10 s)
+CLI_TIMEOUT = 60.0  # seconds for one client command
+LISTENING = re.compile(r"listening on 127\.0\.0\.1:(\d+) \(gRPC")
+
+
+def clean_env(**variables: str) -> dict[str, str]:
+    """This process's environment without FLATSCOPE_* variables, plus ``variables``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLATSCOPE_")}
+    return {**env, **variables}
+
+
+class ServerProcess:
+    """``python -m flatscope serve --port 0`` in a child process, its output in a file."""
+
+    def __init__(self, log_path: Path, *flags: str, env: dict[str, str] | None = None):
+        self.log_path = log_path
+        with log_path.open("wb") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "flatscope", "serve", "--port", "0", *flags],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=clean_env(**(env or {})),
+            )
+        self.target = ""
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_for_log(self, pattern: re.Pattern[str], timeout: float = START_TIMEOUT) -> re.Match:
+        """Polls the log until ``pattern`` matches; fails if the process exits or time runs out."""
+        deadline = time.monotonic() + timeout
+        while True:
+            match = pattern.search(self.log())
+            if match:
+                return match
+            if self.proc.poll() is not None:
+                pytest.fail(f"server exited with {self.proc.returncode}:\n{self.log()}")
+            if time.monotonic() > deadline:
+                pytest.fail(f"no {pattern.pattern!r} in the log after {timeout} s:\n{self.log()}")
+            time.sleep(0.1)
+
+    def start(self) -> ServerProcess:
+        """Waits for the port to open and health to report SERVING."""
+        port = int(self.wait_for_log(LISTENING).group(1))
+        assert port > 0
+        self.target = f"127.0.0.1:{port}"
+        with Client(self.target) as client:
+            client.wait_ready(timeout=START_TIMEOUT)
+        return self
+
+    def stop(self) -> int:
+        """Sends SIGTERM and returns the exit code; kills the process if it hangs."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout=STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=STOP_TIMEOUT)
+            pytest.fail(f"server ignored SIGTERM for {STOP_TIMEOUT} s:\n{self.log()}")
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=STOP_TIMEOUT)
+
+
+def flatscope(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """Runs the ``flatscope`` console script and captures its output."""
+    return subprocess.run(
+        [str(FLATSCOPE), *args],
+        capture_output=True,
+        text=True,
+        timeout=CLI_TIMEOUT,
+        env=clean_env(**(env or {})),
+    )
+
+
+def assert_one_line_error(stderr: str, *parts: str) -> None:
+    lines = stderr.strip().splitlines()
+    assert "Traceback" not in stderr, stderr
+    assert len(lines) == 1, stderr
+    assert lines[0].startswith("flatscope"), stderr
+    for part in parts:
+        assert part in lines[0], stderr
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """One server for the module, configured through FLATSCOPE_* variables only."""
+    log = tmp_path_factory.mktemp("server") / "serve.log"
+    process = ServerProcess(
+        log, env={"FLATSCOPE_MAX_BATCH_SIZE": "7", "FLATSCOPE_MODEL_NAME": "digits-test"}
+    )
+    try:
+        yield process.start()
+    finally:
+        try:
+            process.stop()
+        finally:
+            process.kill()
+
+
+@pytest.fixture()
+def client(server: ServerProcess) -> Iterator[Client]:
+    with Client(server.target, timeout=CLI_TIMEOUT) as client:
+        yield client
+
+
+# The server process: startup log and settings.
+
+
+def test_startup_log_names_address_model_backend_and_device(server: ServerProcess, client: Client):
+    meta = client.metadata()
+    port = server.target.rsplit(":", 1)[1]
+    serving = re.compile(r"serving model (\S+) v(\S+) \((\S+)\) on backend (\S+), device (\S+)")
+    name, version, source, backend, device = server.wait_for_log(serving).groups()
+
+    assert f"listening on 127.0.0.1:{port} (gRPC, plaintext)" in server.log()
+    assert (name, version, source) == ("digits-test", "1", "embedded:digits_cnn.keras")
+    assert (backend, device) == (meta.backend, meta.device)
+    assert backend in ("tensorflow", "jax", "torch")
+    assert device == "cpu" or device.startswith("gpu:")
+
+
+def test_environment_variables_configure_the_server(client: Client):
+    meta = client.metadata()
+    assert meta.name == "digits-test"
+    assert meta.max_batch_size == 7
+
+    images = np.zeros((8, 48, 48, 3), np.float32)
+    assert len(client.predict(images[:7]).classes) == 7
+    with pytest.raises(grpc.RpcError) as caught:
+        client.predict(images)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "at most 7" in caught.value.details()
+
+
+def test_flag_wins_over_environment_variable_and_sigterm_exits_0(tmp_path: Path):
+    process = ServerProcess(
+        tmp_path / "serve.log",
+        "--max-batch-size",
+        "5",
+        env={"FLATSCOPE_MAX_BATCH_SIZE": "7", "FLATSCOPE_SHUTDOWN_GRACE": "0.5"},
+    )
+    try:
+        process.start()
+        with Client(process.target, timeout=CLI_TIMEOUT) as client:
+            meta = client.metadata()
+        assert meta.max_batch_size == 5
+        assert meta.name == "digits"
+
+        code = process.stop()
+    finally:
+        process.kill()
+    assert code == 0, process.log()
+    assert "shutting down (grace 0.5 s)" in process.log()
+    assert "Traceback" not in process.log()
+
+
+def test_serve_missing_model_file_fails_with_one_line_error(tmp_path: Path):
+    missing = tmp_path / "nonexistent.keras"
+    result = subprocess.run(
+        [str(FLATSCOPE), "serve", "--model", str(missing), "--port", "0"],
+        capture_output=True,
+        text=True,
+        timeout=START_TIMEOUT,
+        env=clean_env(),
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output
+    assert "Traceback" not in output
+    errors = [line for line in output.splitlines() if "cannot start" in line]
+    assert len(errors) == 1, output
+    assert str(missing) in errors[0]
+    assert "does not exist" in errors[0]
+
+
+def test_serve_bad_setting_exits_2():
+    result = flatscope("serve", "--port", "-5")
+    assert result.returncode == 2, result.stderr
+    assert "bad settings" in result.stderr
+    assert "port" in result.stderr
+    assert "greater than or equal to 0" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_help_lists_commands_and_serve_flags():
+    top = subprocess.run(
+        [sys.executable, "-m", "flatscope", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=CLI_TIMEOUT,
+    )
+    assert top.returncode == 0, top.stderr
+    for command in ("serve", "predict", "inspect", "metadata"):
+        assert command in top.stdout
+
+    serve = flatscope("serve", "--help")
+    assert serve.returncode == 0, serve.stderr
+    for flag in ("--host", "--port", "--model", "--max-batch-size", "--shutdown-grace"):
+        assert re.search(rf"{flag}\b", serve.stdout), flag
+    assert "FLATSCOPE_MAX_BATCH_SIZE" in serve.stdout
+
+
+# Client commands of the console script.
+
+
+def test_metadata_prints_layer_table(server: ServerProcess):
+    result = flatscope("metadata", "--target", server.target)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert 'Model "digits-test" v1 from embedded:digits_cnn.keras' in out
+    assert "max batch 7" in out
+    assert re.search(r"conv \(Conv2D\)\s+\(None, 48, 48, 32\)\s+896\s+channels_last", out)
+    assert re.search(r"pool \(MaxPooling2D\)\s+\(None, 24, 24, 32\)\s+0", out)
+    assert re.search(r"flatten \(Flatten\)\s+\(None, 18432\)\s+0", out)
+    assert re.search(r"digit \(Dense\)\s+\(None, 10\)\s+184,330", out)
+    assert "Total params: 185,226" in out
+    assert "Flatten layers: flatten" in out
+
+
+def test_predict_random_input_prints_a_class(server: ServerProcess):
+    result = flatscope("predict", "--target", server.target, "--seed", "3")
+    assert result.returncode == 0, result.stderr
+    assert "model digits-test v1" in result.stdout
+    assert re.search(r"^class [0-9]  \(score [01]\.\d{4}\)$", result.stdout, re.MULTILINE)
+    assert re.search(r"^top 3: ", result.stdout, re.MULTILINE)
+
+
+@pytest.fixture(scope="module")
+def held_out_digits() -> tuple[np.ndarray, np.ndarray]:
+    _, _, x_test, y_test = digits_split()
+    return x_test, y_test
+
+
+@pytest.mark.parametrize("index", [0, 1, 2, 3, 5])
+def test_predict_image_file_prints_its_digit(
+    server: ServerProcess, held_out_digits, tmp_path: Path, index: int
+):
+    x_test, y_test = held_out_digits
+    path = tmp_path / f"digit-{index}.png"
+    pixels = np.round(x_test[index] * 255).astype(np.uint8)
+    Image.fromarray(pixels, "RGB").save(path)
+
+    result = flatscope("predict", "--target", server.target, "--image", str(path))
+    assert result.returncode == 0, result.stderr
+    assert re.search(rf"^class {y_test[index]} ", result.stdout, re.MULTILINE), result.stdout
+
+
+def test_inspect_traces_flat_and_source_indices(server: ServerProcess):
+    result = flatscope("inspect", "--target", server.target, "--flat", "13", "--at", "1,1,1")
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "Flatten layer 'flatten' (channels_last)" in out
+    assert "source (height, width, channels) = (24, 24, 32) -> 18432 features" in out
+    assert "flat = h*768 + w*32 + c" in out
+    assert "flat[13] <- source(0, 0, 13) = " in out
+    assert "source(1, 1, 1) -> flat[801] = " in out
+    assert re.search(r"^prediction: class [0-9]$", out, re.MULTILINE)
+
+
+def test_inspect_bad_request_prints_status_and_exits_1(server: ServerProcess):
+    result = flatscope("inspect", "--target", server.target, "--layer", "conv")
+    assert result.returncode == 1
+    assert_one_line_error(
+        result.stderr, "flatscope: INVALID_ARGUMENT: ", "'conv' is a Conv2D, not a Flatten"
+    )
+
+
+@pytest.mark.parametrize(
+    ("flags", "named"),
+    [(["--flat", "99999"], "99999"), (["--at", "24,0,0"], "24")],
+    ids=["flat", "at"],
+)
+def test_inspect_index_out_of_range_exits_1_with_message(
+    server: ServerProcess, flags: list[str], named: str
+):
+    result = flatscope("inspect", "--target", server.target, *flags)
+    assert result.returncode == 1
+    assert_one_line_error(result.stderr, named, "outside [0, ")
+
+
+def test_client_command_without_server_exits_1():
+    # A port nobody listens on: bind one, note it, close it.
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    result = flatscope("metadata", "--target", f"127.0.0.1:{port}", "--timeout", "5")
+    assert result.returncode == 1
+    assert_one_line_error(result.stderr, "flatscope: UNAVAILABLE: ")

@@ -86,7 +86,7 @@ class _server:
 
     def __enter__(self) -> str:
         self._process = subprocess.Popen(
-            [sys.executable, "-m", "flatscope", "serve", "--port", "0"],
+            [sys.executable, "-m", "flatscope", "serve", "--port", "0", "--metrics-port", "0"],
             stdout=self._log.open("w"),
             stderr=subprocess.STDOUT,
             env={**os.environ},

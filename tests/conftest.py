@@ -53,7 +53,7 @@ class ServerThread:
 
 def settings(**overrides) -> Settings:
     """Settings for a test server: loopback, any free port."""
-    return Settings(**{"host": "127.0.0.1", "port": 0, **overrides})
+    return Settings(**{"host": "127.0.0.1", "port": 0, "metrics_port": 0, **overrides})
 
 
 @pytest.fixture(scope="session")

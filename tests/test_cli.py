@@ -34,13 +34,14 @@ def clean_env(**variables: str) -> dict[str, str]:
 
 
 class ServerProcess:
-    """``python -m flatscope serve --port 0`` in a child process, its output in a file."""
+    """``flatscope serve --port 0 --metrics-port 0 FLAGS`` in a child process, logging to a file."""
 
     def __init__(self, log_path: Path, *flags: str, env: dict[str, str] | None = None):
         self.log_path = log_path
         with log_path.open("wb") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "flatscope", "serve", "--port", "0", *flags],
+                [sys.executable, "-m", "flatscope", "serve", "--port", "0", "--metrics-port", "0"]
+                + list(flags),
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env=clean_env(**(env or {})),
@@ -185,7 +186,7 @@ def test_flag_wins_over_environment_variable_and_sigterm_exits_0(tmp_path: Path)
 def test_serve_missing_model_file_fails_with_one_line_error(tmp_path: Path):
     missing = tmp_path / "nonexistent.keras"
     result = subprocess.run(
-        [str(FLATSCOPE), "serve", "--model", str(missing), "--port", "0"],
+        [str(FLATSCOPE), "serve", "--model", str(missing), "--port", "0", "--metrics-port", "0"],
         capture_output=True,
         text=True,
         timeout=START_TIMEOUT,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import dataclasses
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -18,6 +19,7 @@ from flatscope.errors import (
     NotReadyError,
 )
 from flatscope.layout import FlattenLayout
+from flatscope.metrics import Metrics
 
 if TYPE_CHECKING:
     from flatscope.inference import ServedModel
@@ -66,12 +68,19 @@ class ModelCore:
 
     Args:
         limits: Bounds on requests.
+        metrics: Where queue, batch and inference timings go.
         executor: Where forward passes run, off the event loop; None makes a
             one-thread pool (the framework parallelises each pass itself).
     """
 
-    def __init__(self, limits: Limits, executor: concurrent.futures.Executor | None = None):
+    def __init__(
+        self,
+        limits: Limits,
+        metrics: Metrics,
+        executor: concurrent.futures.Executor | None = None,
+    ):
         self._limits = limits
+        self._metrics = metrics
         self._executor = executor or concurrent.futures.ThreadPoolExecutor(
             max_workers=1, thread_name_prefix="flatscope-model"
         )
@@ -85,6 +94,10 @@ class ModelCore:
     async def load(self, loader: Callable[[], ServedModel]) -> ServedModel:
         """Runs the blocking ``loader`` off the event loop and starts serving its model."""
         served = await asyncio.get_running_loop().run_in_executor(self._executor, loader)
+        info = served.description
+        self._metrics.set_model(info.name, info.version, info.backend, info.device)
+        if served.runner.gpu_memory_bytes is not None:
+            self._metrics.watch_gpu_memory(served.runner.gpu_memory_bytes)
         self._served = served
         return served
 
@@ -102,7 +115,7 @@ class ModelCore:
         """
         served = self._model(model_name)
         batch = self._batch(served, inputs)
-        outputs = await self._run(served.runner.predict, batch)
+        outputs = await self._run(served, served.runner.predict, batch)
         return Prediction(
             model_name=served.description.name,
             model_version=served.description.version,
@@ -131,7 +144,9 @@ class ModelCore:
         layout = self._layout(served, layer)
         self._check_coordinates(layout, coordinate_start, coordinate_count)
         batch = self._batch(served, inputs)
-        seen = await self._run(served.runner.inspect, batch, layout.layer_name, include_source)
+        seen = await self._run(
+            served, served.runner.inspect, batch, layout.layer_name, include_source
+        )
         return InspectResult(
             model_name=served.description.name,
             model_version=served.description.version,
@@ -144,8 +159,16 @@ class ModelCore:
             coordinates=layout.coordinates(coordinate_start, coordinate_count),
         )
 
-    async def _run(self, fn, *args):
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+    async def _run(self, served: ServedModel, fn, batch: np.ndarray, *args):
+        name = served.description.name
+
+        def timed():
+            with self._metrics.forward_pass(name, len(batch), queued_at):
+                return fn(batch, *args)
+
+        with self._metrics.in_flight.labels(name).track_inprogress():
+            queued_at = time.perf_counter()
+            return await asyncio.get_running_loop().run_in_executor(self._executor, timed)
 
     def _model(self, model_name: str) -> ServedModel:
         served = self._served

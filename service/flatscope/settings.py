@@ -22,6 +22,12 @@ class Settings(BaseSettings):
 
     host: str = Field("127.0.0.1", description="Address to listen on.")
     port: int = Field(8500, ge=0, le=65535, description="gRPC port (0: any free port).")
+    metrics_port: int = Field(
+        8502, ge=0, le=65535, description="Port of the Prometheus /metrics endpoint (0: off)."
+    )
+    metrics_host: str = Field(
+        "", description="Address of the /metrics endpoint (default: the same as --host)."
+    )
     model: Path | None = Field(
         None, description="A .keras file to serve; unset serves the embedded digits model."
     )

@@ -6,14 +6,17 @@ import asyncio
 import functools
 import logging
 import signal
+from wsgiref.simple_server import WSGIServer
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from prometheus_client import CollectorRegistry
 
 from flatscope.core import Limits, ModelCore
-from flatscope.grpc.interceptors import ErrorInterceptor
+from flatscope.grpc.interceptors import ErrorInterceptor, MetricsInterceptor
 from flatscope.grpc.servicer import ModelServicer
+from flatscope.metrics import Metrics, serve_metrics
 from flatscope.settings import Settings
 from flatscope.v1 import model_service_pb2, model_service_pb2_grpc
 
@@ -30,20 +33,23 @@ class Server:
 
     Args:
         settings: The server settings.
-        core: The model core; None builds one from ``settings``.
+        registry: Where the metrics go; None makes a fresh registry.
     """
 
-    def __init__(self, settings: Settings, core: ModelCore | None = None):
+    def __init__(self, settings: Settings, registry: CollectorRegistry | None = None):
         self.settings = settings
-        self.core = core or ModelCore(
+        self.metrics = Metrics(registry or CollectorRegistry())
+        self.core = ModelCore(
             Limits(
                 max_batch_size=settings.max_batch_size,
                 max_coordinates=settings.max_coordinates,
-            )
+            ),
+            self.metrics,
         )
         self._health = health.aio.HealthServicer()
+        self._metrics_http: WSGIServer | None = None
         self._server = grpc.aio.server(
-            interceptors=[ErrorInterceptor()],
+            interceptors=[MetricsInterceptor(self.metrics), ErrorInterceptor()],
             options=[
                 ("grpc.max_receive_message_length", settings.max_receive_message_bytes),
                 ("grpc.max_send_message_length", settings.max_send_message_bytes),
@@ -57,16 +63,23 @@ class Server:
             (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server
         )
         self.port = 0
+        self.metrics_port = 0
 
     async def start(self) -> int:
-        """Opens the port and starts answering; returns the bound port."""
-        address = f"{self.settings.host}:{self.settings.port}"
+        """Opens the ports and starts answering; returns the bound gRPC port."""
+        settings = self.settings
+        address = f"{settings.host}:{settings.port}"
         self.port = self._server.add_insecure_port(address)
         if self.port == 0:
             raise OSError(f"cannot listen on {address}")
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         await self._server.start()
-        log.info("listening on %s:%d (gRPC, plaintext)", self.settings.host, self.port)
+        log.info("listening on %s:%d (gRPC, plaintext)", settings.host, self.port)
+        if settings.metrics_port:
+            host = settings.metrics_host or settings.host
+            self._metrics_http = serve_metrics(self.metrics, host, settings.metrics_port)
+            self.metrics_port = self._metrics_http.server_port
+            log.info("metrics on http://%s:%d/metrics", host, self.metrics_port)
         return self.port
 
     async def load_model(self) -> None:
@@ -100,6 +113,9 @@ class Server:
         """Reports NOT_SERVING, lets calls in flight finish within ``grace`` s, stops."""
         await self._health.enter_graceful_shutdown()
         await self._server.stop(self.settings.shutdown_grace if grace is None else grace)
+        if self._metrics_http is not None:
+            self._metrics_http.shutdown()
+            self._metrics_http.server_close()
 
     async def wait_for_termination(self) -> None:
         """Returns when the server has stopped."""

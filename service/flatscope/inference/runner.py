@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Callable
 
 import keras
 import numpy as np
@@ -54,6 +55,12 @@ class CompiledModel:
         self._inspect = tf.function(lambda x: probe(x, training=False), input_signature=spec)
         gpus = tf.config.list_logical_devices("GPU")
         self.device = "gpu:0" if gpus else "cpu"
+        # Reads the framework's GPU memory in use, in bytes; None on the CPU.
+        self.gpu_memory_bytes: Callable[[], int] | None = None
+        if gpus:
+            self.gpu_memory_bytes = lambda: tf.config.experimental.get_memory_info("GPU:0")[
+                "current"
+            ]
 
     def predict(self, inputs: np.ndarray) -> np.ndarray:
         """Returns the model's output for a batch."""

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import keras
 import pytest
+from prometheus_client import CollectorRegistry
 
 from flatscope.client import Client
 from flatscope.grpc.server import Server
@@ -21,8 +22,15 @@ class ServerThread:
     Tests talk to it with real gRPC clients, as any user would.
     """
 
-    def __init__(self, settings: Settings):
+    def __init__(
+        self,
+        settings: Settings,
+        registry: CollectorRegistry | None = None,
+        measure: bool = True,
+    ):
         self.settings = settings
+        # Test servers measure into a registry of their own unless told not to.
+        self.registry = registry or (CollectorRegistry() if measure else None)
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._thread.start()
@@ -31,7 +39,7 @@ class ServerThread:
         self.target = f"127.0.0.1:{self.port}"
 
     async def _make(self) -> Server:
-        return Server(self.settings)
+        return Server(self.settings, self.registry)
 
     def _call(self, coroutine, timeout: float = 120.0):
         return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(timeout)

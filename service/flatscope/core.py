@@ -68,7 +68,7 @@ class ModelCore:
 
     Args:
         limits: Bounds on requests.
-        metrics: Where queue, batch and inference timings go.
+        metrics: Where queue, batch and inference timings go; None measures nothing.
         executor: Where forward passes run, off the event loop; None makes a
             one-thread pool (the framework parallelises each pass itself).
     """
@@ -76,7 +76,7 @@ class ModelCore:
     def __init__(
         self,
         limits: Limits,
-        metrics: Metrics,
+        metrics: Metrics | None = None,
         executor: concurrent.futures.Executor | None = None,
     ):
         self._limits = limits
@@ -94,10 +94,11 @@ class ModelCore:
     async def load(self, loader: Callable[[], ServedModel]) -> ServedModel:
         """Runs the blocking ``loader`` off the event loop and starts serving its model."""
         served = await asyncio.get_running_loop().run_in_executor(self._executor, loader)
-        info = served.description
-        self._metrics.set_model(info.name, info.version, info.backend, info.device)
-        if served.runner.gpu_memory_bytes is not None:
-            self._metrics.watch_gpu_memory(served.runner.gpu_memory_bytes)
+        if self._metrics is not None:
+            info = served.description
+            self._metrics.set_model(info.name, info.version, info.backend, info.device)
+            if served.runner.gpu_memory_bytes is not None:
+                self._metrics.watch_gpu_memory(served.runner.gpu_memory_bytes)
         self._served = served
         return served
 
@@ -160,15 +161,19 @@ class ModelCore:
         )
 
     async def _run(self, served: ServedModel, fn, batch: np.ndarray, *args):
+        loop = asyncio.get_running_loop()
+        metrics = self._metrics
+        if metrics is None:
+            return await loop.run_in_executor(self._executor, fn, batch, *args)
         name = served.description.name
 
         def timed():
-            with self._metrics.forward_pass(name, len(batch), queued_at):
+            with metrics.forward_pass(name, len(batch), queued_at):
                 return fn(batch, *args)
 
-        with self._metrics.in_flight.labels(name).track_inprogress():
+        with metrics.in_flight.labels(name).track_inprogress():
             queued_at = time.perf_counter()
-            return await asyncio.get_running_loop().run_in_executor(self._executor, timed)
+            return await loop.run_in_executor(self._executor, timed)
 
     def _model(self, model_name: str) -> ServedModel:
         served = self._served

@@ -33,12 +33,14 @@ class Server:
 
     Args:
         settings: The server settings.
-        registry: Where the metrics go; None makes a fresh registry.
+        registry: Where the metrics go. None makes a fresh one when
+            ``settings.metrics_port`` is set, and measures nothing when it is 0.
     """
 
     def __init__(self, settings: Settings, registry: CollectorRegistry | None = None):
         self.settings = settings
-        self.metrics = Metrics(registry or CollectorRegistry())
+        measure = registry is not None or settings.metrics_port != 0
+        self.metrics = Metrics(registry or CollectorRegistry()) if measure else None
         self.core = ModelCore(
             Limits(
                 max_batch_size=settings.max_batch_size,
@@ -49,7 +51,10 @@ class Server:
         self._health = health.aio.HealthServicer()
         self._metrics_http: WSGIServer | None = None
         self._server = grpc.aio.server(
-            interceptors=[MetricsInterceptor(self.metrics), ErrorInterceptor()],
+            interceptors=[
+                *([MetricsInterceptor(self.metrics)] if self.metrics else []),
+                ErrorInterceptor(),
+            ],
             options=[
                 ("grpc.max_receive_message_length", settings.max_receive_message_bytes),
                 ("grpc.max_send_message_length", settings.max_send_message_bytes),
@@ -75,7 +80,7 @@ class Server:
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         await self._server.start()
         log.info("listening on %s:%d (gRPC, plaintext)", settings.host, self.port)
-        if settings.metrics_port:
+        if settings.metrics_port and self.metrics:
             host = settings.metrics_host or settings.host
             self._metrics_http = serve_metrics(self.metrics, host, settings.metrics_port)
             self.metrics_port = self._metrics_http.server_port

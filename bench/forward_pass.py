@@ -14,16 +14,16 @@ Prints p50 / p90 per variant and ratios to the compiled call, from one run.
 from __future__ import annotations
 
 import argparse
-import os
-import re
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import server_process  # noqa: E402
 
 
 def main() -> None:
@@ -35,13 +35,14 @@ def main() -> None:
     import keras
 
     from flatscope.client import Client
+    from flatscope.default_model import model_path
     from flatscope.inference import load_served_model
 
     served = load_served_model(None)
-    model = keras.saving.load_model(_default_path(), compile=False)
+    model = keras.saving.load_model(model_path(), compile=False)
     x = np.random.default_rng(0).random((1, 48, 48, 3), dtype=np.float32)
 
-    with tempfile.TemporaryDirectory() as tmp, _server(Path(tmp)) as target:
+    with server_process("--metrics-port", "0") as target:
         client = Client(target)
         client.wait_ready()
         variants = {
@@ -70,41 +71,6 @@ def main() -> None:
         p90 = statistics.quantiles(samples, n=10)[-1]
         ms = f"{p50 * 1e3:>8.2f} {p90 * 1e3:>8.2f}"
         print(f"{name:<11} {len(samples):>6} {ms} {p50 / base:>15.1f}")
-
-
-def _default_path() -> Path:
-    from flatscope.default_model import model_path
-
-    return model_path()
-
-
-class _server:
-    """A real `flatscope serve` process on 127.0.0.1 with an OS-assigned port."""
-
-    def __init__(self, tmp: Path):
-        self._log = tmp / "server.log"
-
-    def __enter__(self) -> str:
-        self._process = subprocess.Popen(
-            [sys.executable, "-m", "flatscope", "serve", "--port", "0", "--metrics-port", "0"],
-            stdout=self._log.open("w"),
-            stderr=subprocess.STDOUT,
-            env={**os.environ},
-        )
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            found = re.search(r"listening on (127\.0\.0\.1:\d+)", self._log.read_text())
-            if found:
-                return found.group(1)
-            if self._process.poll() is not None:
-                break
-            time.sleep(0.1)
-        self._process.kill()
-        raise RuntimeError(f"server did not start:\n{self._log.read_text()}")
-
-    def __exit__(self, *exc_info) -> None:
-        self._process.terminate()
-        self._process.wait(timeout=30)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,94 @@
+"""Shared bench helpers: real server processes and an asynchronous load driver."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import numpy as np
+
+from flatscope.grpc import converters
+from flatscope.v1 import model_service_pb2 as pb
+from flatscope.v1 import model_service_pb2_grpc
+
+
+def free_port() -> int:
+    """A port that was free on 127.0.0.1 a moment ago."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def server_process(*flags: str, timeout: float = 120.0) -> Iterator[str]:
+    """Runs ``flatscope serve --port 0 FLAGS`` until the block ends; yields its target."""
+    with tempfile.TemporaryDirectory() as tmp:
+        log = Path(tmp) / "server.log"
+        command = [sys.executable, "-m", "flatscope", "serve", "--port", "0", *flags]
+        with log.open("w") as out:
+            process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + timeout
+            while True:
+                text = log.read_text()
+                found = re.search(r"listening on (127\.0\.0\.1:\d+)", text)
+                if found and "serving model" in text:
+                    break
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"server did not start:\n{text}")
+                time.sleep(0.1)
+            yield found.group(1)
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+
+def predict_request(batch: int = 1, seed: int = 0) -> pb.PredictRequest:
+    """A Predict request for the default model with random images."""
+    images = np.random.default_rng(seed).random((batch, 48, 48, 3), dtype=np.float32)
+    return pb.PredictRequest(inputs=converters.to_tensor(images))
+
+
+async def drive(target: str, method: str, request, concurrency: int, seconds: float) -> list[float]:
+    """Calls ``method`` from ``concurrency`` workers for ``seconds``; returns latencies."""
+    latencies: list[float] = []
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = model_service_pb2_grpc.ModelServiceStub(channel)
+        call = getattr(stub, method)
+        await call(request)  # connect and warm up
+        stop = time.perf_counter() + seconds
+
+        async def worker() -> None:
+            while time.perf_counter() < stop:
+                start = time.perf_counter()
+                await call(request)
+                latencies.append(time.perf_counter() - start)
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return latencies
+
+
+def summary(latencies: list[float], seconds: float) -> tuple[float, float, float]:
+    """(requests per second, p50 ms, p99 ms)."""
+    p99 = statistics.quantiles(latencies, n=100)[-1] if len(latencies) > 1 else latencies[0]
+    return len(latencies) / seconds, statistics.median(latencies) * 1e3, p99 * 1e3
+
+
+def rss_bytes(pid: int) -> int:
+    """Resident set size of a process, from /proc."""
+    pages = int(Path(f"/proc/{pid}/statm").read_text().split()[1])
+    return pages * os.sysconf("SC_PAGE_SIZE")

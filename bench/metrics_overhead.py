@@ -1,0 +1,63 @@
+"""The cost of instrumentation: Predict with metrics on and off, side by side.
+
+Run: ``.venv/bin/python bench/metrics_overhead.py [--seconds 3 --rounds 5]``.
+
+Two real server processes, one measuring (``--metrics-port`` set) and one not
+(``--metrics-port 0``), are driven in interleaved rounds by an asynchronous gRPC client
+in this process at concurrency 1 and 16. Prints requests/s and p50 per variant (medians
+over rounds) and the ratios on/off.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import drive, free_port, predict_request, server_process, summary  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--seconds", type=float, default=3.0, help="per variant per round")
+    parser.add_argument("--rounds", type=int, default=5)
+    args = parser.parse_args()
+
+    request = predict_request()
+    with (
+        server_process("--metrics-port", str(free_port())) as on,
+        server_process("--metrics-port", "0") as off,
+    ):
+        results: dict[tuple[str, int], list[tuple[float, float, float]]] = {}
+        for _ in range(args.rounds):
+            for concurrency in (1, 16):
+                for name, target in (("on", on), ("off", off)):
+                    latencies = asyncio.run(
+                        drive(target, "Predict", request, concurrency, args.seconds)
+                    )
+                    results.setdefault((name, concurrency), []).append(
+                        summary(latencies, args.seconds)
+                    )
+
+    print(f"{'metrics':<8} {'conc':>4} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8}")
+    median = {
+        key: tuple(statistics.median(r[i] for r in rounds) for i in range(3))
+        for key, rounds in results.items()
+    }
+    for (name, concurrency), (rps, p50, p99) in sorted(median.items(), key=lambda kv: kv[0][1]):
+        print(f"{name:<8} {concurrency:>4} {rps:>8.0f} {p50:>8.2f} {p99:>8.2f}")
+    for concurrency in (1, 16):
+        on_rps, on_p50, _ = median[("on", concurrency)]
+        off_rps, off_p50, _ = median[("off", concurrency)]
+        print(
+            f"concurrency {concurrency}: throughput on/off = {on_rps / off_rps:.3f}, "
+            f"p50 on/off = {on_p50 / off_p50:.3f}"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -47,8 +47,8 @@ def main() -> None:
         client.wait_ready()
         variants = {
             "predict()": lambda: model.predict(x, verbose=0),
-            "compiled": lambda: served.runner.predict(x),
-            "compiled+": lambda: served.runner.inspect(x, "flatten"),
+            "compiled": lambda: served.runner.run(x),
+            "compiled+": lambda: served.runner.run(x, extras=True),
             "grpc": lambda: client.predict(x),
             "grpc-insp": lambda: client.inspect(x),
         }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import time
 import urllib.request
 
 import grpc
@@ -51,8 +52,27 @@ def traffic():
         codes.append(caught.value.code())
         unknown.close()
     assert codes == [grpc.StatusCode.INVALID_ARGUMENT] * 3 + [grpc.StatusCode.NOT_FOUND]
+    _wait_until_all_handled(registry, started=11)
     yield server, registry
     server.stop()
+
+
+def _wait_until_all_handled(registry: CollectorRegistry, started: int) -> None:
+    # The server counts a call right after it sends the status, so the client may see
+    # the status a moment before the count lands.
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        handled = sum(
+            sample.value
+            for family in registry.collect()
+            if family.name == "grpc_server_handled"
+            for sample in family.samples
+            if sample.name == "grpc_server_handled_total"
+        )
+        if handled >= started:
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"only {handled} of {started} calls counted as handled")
 
 
 def _value(registry: CollectorRegistry, name: str, **labels) -> float:
@@ -138,6 +158,7 @@ def test_registries_are_separate_and_metrics_port_can_be_off(traffic):
         with server.client() as client, pytest.raises(grpc.RpcError) as caught:
             client.predict(IMAGES)  # the model is not loaded yet
         assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+        _wait_until_all_handled(registry, started=1)
         rpc = {"grpc_service": SERVICE, "grpc_method": "Predict", "grpc_type": "unary"}
         assert _value(registry, "grpc_server_handled_total", **rpc, grpc_code="UNAVAILABLE") == 1
         assert _value(first, "grpc_server_handled_total", **rpc, grpc_code="UNAVAILABLE") == 0

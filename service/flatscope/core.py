@@ -5,13 +5,13 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import dataclasses
-import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from flatscope import tensors
+from flatscope.batching import Batcher, BatchingConfig
 from flatscope.errors import (
     FailedPreconditionError,
     InvalidInputError,
@@ -20,18 +20,11 @@ from flatscope.errors import (
 )
 from flatscope.layout import FlattenLayout
 from flatscope.metrics import Metrics
+from flatscope.settings import Settings
 
 if TYPE_CHECKING:
     from flatscope.inference import ServedModel
     from flatscope.metadata import ModelDescription
-
-
-@dataclasses.dataclass(frozen=True)
-class Limits:
-    """Bounds on what one request may ask for."""
-
-    max_batch_size: int = 256
-    max_coordinates: int = 65536
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,7 +60,7 @@ class ModelCore:
     """Serves one model to any transport.
 
     Args:
-        limits: Bounds on requests.
+        settings: Request limits and batching knobs.
         metrics: Where queue, batch and inference timings go; None measures nothing.
         executor: Where forward passes run, off the event loop; None makes a
             one-thread pool (the framework parallelises each pass itself).
@@ -75,16 +68,17 @@ class ModelCore:
 
     def __init__(
         self,
-        limits: Limits,
+        settings: Settings,
         metrics: Metrics | None = None,
         executor: concurrent.futures.Executor | None = None,
     ):
-        self._limits = limits
+        self._settings = settings
         self._metrics = metrics
         self._executor = executor or concurrent.futures.ThreadPoolExecutor(
             max_workers=1, thread_name_prefix="flatscope-model"
         )
         self._served: ServedModel | None = None
+        self._batcher: Batcher | None = None
 
     @property
     def ready(self) -> bool:
@@ -94,20 +88,42 @@ class ModelCore:
     async def load(self, loader: Callable[[], ServedModel]) -> ServedModel:
         """Runs the blocking ``loader`` off the event loop and starts serving its model."""
         served = await asyncio.get_running_loop().run_in_executor(self._executor, loader)
+        info = served.description
         if self._metrics is not None:
-            info = served.description
             self._metrics.set_model(info.name, info.version, info.backend, info.device)
             if served.runner.gpu_memory_bytes is not None:
                 self._metrics.watch_gpu_memory(served.runner.gpu_memory_bytes)
+        settings = self._settings
+        config = BatchingConfig(
+            enabled=settings.batching,
+            max_batch_size=settings.max_batch_size,
+            batch_timeout=settings.batch_timeout,
+            max_enqueued_batches=settings.max_enqueued_batches,
+        )
+        self._batcher = Batcher(
+            served.runner.run, config, self._executor, self._metrics, model=info.name
+        )
         self._served = served
         return served
+
+    async def close(self) -> None:
+        """Stops batching; requests still queued fail."""
+        if self._batcher is not None:
+            await self._batcher.close()
 
     def metadata(self, model_name: str) -> ModelDescription:
         """Describes the served model."""
         return self._model(model_name).description
 
-    async def predict(self, model_name: str, inputs: tensors.TensorPayload) -> Prediction:
+    async def predict(
+        self, model_name: str, inputs: tensors.TensorPayload, deadline: float | None = None
+    ) -> Prediction:
         """Runs the model on a batch.
+
+        Args:
+            model_name: The model addressed; empty for the served one.
+            inputs: The batch as sent.
+            deadline: ``time.monotonic()`` after which the request is dropped unrun.
 
         Raises:
             NotFoundError: ``model_name`` is not served.
@@ -116,7 +132,7 @@ class ModelCore:
         """
         served = self._model(model_name)
         batch = self._batch(served, inputs)
-        outputs = await self._run(served, served.runner.predict, batch)
+        outputs, *_ = await self._submit(served, batch, False, deadline)
         return Prediction(
             model_name=served.description.name,
             model_version=served.description.version,
@@ -132,8 +148,11 @@ class ModelCore:
         include_source: bool = False,
         coordinate_start: int = 0,
         coordinate_count: int = 0,
+        deadline: float | None = None,
     ) -> InspectResult:
         """Runs the model once and returns what its Flatten layer saw, with the layout.
+
+        The pass may be shared with other requests; its predictions come with it.
 
         Raises:
             NotFoundError: ``model_name`` or ``layer`` is not in the served model.
@@ -145,35 +164,28 @@ class ModelCore:
         layout = self._layout(served, layer)
         self._check_coordinates(layout, coordinate_start, coordinate_count)
         batch = self._batch(served, inputs)
-        seen = await self._run(
-            served, served.runner.inspect, batch, layout.layer_name, include_source
-        )
+        outputs, *tensors_at = await self._submit(served, batch, True, deadline)
+        at = 2 * served.runner.flatten_layers.index(layout.layer_name)
         return InspectResult(
             model_name=served.description.name,
             model_version=served.description.version,
-            outputs=seen.outputs,
-            classes=_classes(seen.outputs),
-            flattened=seen.flattened,
-            source=seen.source if include_source else None,
+            outputs=outputs,
+            classes=_classes(outputs),
+            flattened=tensors_at[at + 1],
+            source=tensors_at[at] if include_source else None,
             layout=layout,
             coordinate_start=coordinate_start,
             coordinates=layout.coordinates(coordinate_start, coordinate_count),
         )
 
-    async def _run(self, served: ServedModel, fn, batch: np.ndarray, *args):
-        loop = asyncio.get_running_loop()
-        metrics = self._metrics
-        if metrics is None:
-            return await loop.run_in_executor(self._executor, fn, batch, *args)
-        name = served.description.name
-
-        def timed():
-            with metrics.forward_pass(name, len(batch), queued_at):
-                return fn(batch, *args)
-
-        with metrics.in_flight.labels(name).track_inprogress():
-            queued_at = time.perf_counter()
-            return await loop.run_in_executor(self._executor, timed)
+    async def _submit(
+        self, served: ServedModel, batch: np.ndarray, extras: bool, deadline: float | None
+    ) -> list[np.ndarray]:
+        assert self._batcher is not None  # set with _served
+        if self._metrics is None:
+            return await self._batcher.submit(batch, extras, deadline)
+        with self._metrics.in_flight.labels(served.description.name).track_inprogress():
+            return await self._batcher.submit(batch, extras, deadline)
 
     def _model(self, model_name: str) -> ServedModel:
         served = self._served
@@ -187,7 +199,7 @@ class ModelCore:
         return served
 
     def _batch(self, served: ServedModel, inputs: tensors.TensorPayload) -> np.ndarray:
-        return tensors.to_batch("inputs", inputs, served.example_shape, self._limits.max_batch_size)
+        return tensors.to_batch("inputs", inputs, served.example_shape, self._settings.max_batch_size)
 
     @staticmethod
     def _layout(served: ServedModel, layer: str) -> FlattenLayout:
@@ -223,10 +235,10 @@ class ModelCore:
             raise InvalidInputError(f"coordinate_count is {count}; expected 0 or more")
         if count == 0:
             return
-        if count > self._limits.max_coordinates:
+        if count > self._settings.max_coordinates:
             raise InvalidInputError(
                 f"coordinate_count {count} is above this server's limit of "
-                f"{self._limits.max_coordinates} rows per request; page through the "
+                f"{self._settings.max_coordinates} rows per request; page through the "
                 "range with coordinate_start, or compute rows from layout.strides"
             )
         if not 0 <= start < size or start + count > size:

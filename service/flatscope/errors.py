@@ -16,6 +16,7 @@ class Code(enum.Enum):
     NOT_FOUND = "NOT_FOUND"
     FAILED_PRECONDITION = "FAILED_PRECONDITION"
     RESOURCE_EXHAUSTED = "RESOURCE_EXHAUSTED"
+    DEADLINE_EXCEEDED = "DEADLINE_EXCEEDED"
     UNAVAILABLE = "UNAVAILABLE"
     INTERNAL = "INTERNAL"
 
@@ -42,6 +43,18 @@ class FailedPreconditionError(FlatscopeError):
     """The request is well formed but the served model cannot answer it."""
 
     code = Code.FAILED_PRECONDITION
+
+
+class ResourceExhaustedError(FlatscopeError):
+    """The server is at capacity; the client should back off and retry."""
+
+    code = Code.RESOURCE_EXHAUSTED
+
+
+class DeadlineExceededError(FlatscopeError):
+    """The request's deadline passed before it could be served."""
+
+    code = Code.DEADLINE_EXCEEDED
 
 
 class NotReadyError(FlatscopeError):

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import (
@@ -114,6 +112,13 @@ class Metrics:
             ("model",),
             registry=registry,
         )
+        self.dropped = Counter(
+            "flatscope_requests_dropped",
+            "Model requests dropped before their forward pass, by reason "
+            "(queue_full, cancelled, deadline).",
+            ("model", "reason"),
+            registry=registry,
+        )
         self.model_info = Gauge(
             "flatscope_model_info",
             "The served model; always 1.",
@@ -131,23 +136,6 @@ class Metrics:
     def watch_gpu_memory(self, read_bytes: Callable[[], int]) -> None:
         """Exports ``flatscope_gpu_memory_used_bytes`` read from ``read_bytes`` at scrape."""
         self.registry.register(_GpuMemoryCollector(read_bytes))
-
-    @contextlib.contextmanager
-    def forward_pass(self, model: str, batch: int, queued_at: float) -> Iterator[None]:
-        """Times one forward pass, records its batch size and how long it waited.
-
-        Args:
-            model: The model's name (the ``model`` label).
-            batch: Examples in the pass.
-            queued_at: ``time.perf_counter()`` when the request was ready to run.
-        """
-        start = time.perf_counter()
-        self.queue_seconds.labels(model).observe(start - queued_at)
-        self.batch_size.labels(model).observe(batch)
-        try:
-            yield
-        finally:
-            self.inference_seconds.labels(model).observe(time.perf_counter() - start)
 
 
 class _GpuMemoryCollector(Collector):

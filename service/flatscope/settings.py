@@ -35,7 +35,22 @@ class Settings(BaseSettings):
         "", description="Name the model is served under (default: the model's own name)."
     )
     model_version: str = Field("1", description="Version reported with every reply.")
-    max_batch_size: int = Field(256, ge=1, description="Most examples accepted in one request.")
+    max_batch_size: int = Field(
+        256, ge=1, description="Most examples in one request and in one forward pass."
+    )
+    batching: bool = Field(True, description="Pack concurrent requests into shared forward passes.")
+    batch_timeout: float = Field(
+        0.002,
+        ge=0,
+        description="Seconds a request may wait for its batch to fill while the model is "
+        "busy (never when it is idle).",
+    )
+    max_enqueued_batches: int = Field(
+        16,
+        ge=1,
+        description="Queued work is bounded to this many full batches; beyond it requests "
+        "fail at once with RESOURCE_EXHAUSTED.",
+    )
     max_coordinates: int = Field(
         65536, ge=0, description="Most layout coordinate rows returned by one Inspect."
     )

@@ -13,7 +13,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry
 
-from flatscope.core import Limits, ModelCore
+from flatscope.core import ModelCore
 from flatscope.grpc.interceptors import ErrorInterceptor, MetricsInterceptor
 from flatscope.grpc.servicer import ModelServicer
 from flatscope.metrics import Metrics, serve_metrics
@@ -41,13 +41,7 @@ class Server:
         self.settings = settings
         measure = registry is not None or settings.metrics_port != 0
         self.metrics = Metrics(registry or CollectorRegistry()) if measure else None
-        self.core = ModelCore(
-            Limits(
-                max_batch_size=settings.max_batch_size,
-                max_coordinates=settings.max_coordinates,
-            ),
-            self.metrics,
-        )
+        self.core = ModelCore(settings, self.metrics)
         self._health = health.aio.HealthServicer()
         self._metrics_http: WSGIServer | None = None
         self._server = grpc.aio.server(
@@ -118,6 +112,7 @@ class Server:
         """Reports NOT_SERVING, lets calls in flight finish within ``grace`` s, stops."""
         await self._health.enter_graceful_shutdown()
         await self._server.stop(self.settings.shutdown_grace if grace is None else grace)
+        await self.core.close()
         if self._metrics_http is not None:
             self._metrics_http.shutdown()
             self._metrics_http.server_close()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import grpc
 
 from flatscope.core import ModelCore
@@ -20,7 +22,7 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
         self, request: pb.PredictRequest, context: grpc.aio.ServicerContext
     ) -> pb.PredictResponse:
         inputs = converters.request_payload(request.inputs)
-        result = await self._core.predict(request.model_name, inputs)
+        result = await self._core.predict(request.model_name, inputs, _deadline(context))
         return converters.predict_response(result, request.output_encoding)
 
     async def Inspect(
@@ -34,6 +36,7 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
             include_source=request.include_source,
             coordinate_start=request.coordinate_start,
             coordinate_count=request.coordinate_count,
+            deadline=_deadline(context),
         )
         return converters.inspect_response(result, request.output_encoding)
 
@@ -41,3 +44,8 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
         self, request: pb.GetModelMetadataRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetModelMetadataResponse:
         return converters.metadata_response(self._core.metadata(request.model_name))
+
+
+def _deadline(context: grpc.aio.ServicerContext) -> float | None:
+    remaining = context.time_remaining()
+    return None if remaining is None else time.monotonic() + remaining

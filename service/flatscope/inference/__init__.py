@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 
 from flatscope.inference import model as keras_model
-from flatscope.inference.runner import CompiledModel, Inspection, configure_devices
+from flatscope.inference.runner import CompiledModel, configure_devices
 from flatscope.layout import FlattenLayout
 from flatscope.metadata import ModelDescription
 
-__all__ = ["Inspection", "ServedModel", "load_served_model"]
+__all__ = ["ServedModel", "load_served_model"]
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +77,6 @@ def _warm_up(served: ServedModel) -> None:
     example = tuple(1 if d is None else d for d in served.example_shape)
     for batch in (1, 2):
         zeros = np.zeros((batch, *example), dtype=np.float32)
-        served.runner.predict(zeros)
-        for layer in served.layouts:
-            served.runner.inspect(zeros, layer)
+        served.runner.run(zeros)
+        if served.layouts:
+            served.runner.run(zeros, extras=True)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from collections.abc import Callable
 
@@ -14,21 +13,12 @@ from flatscope.errors import ModelLoadError
 log = logging.getLogger(__name__)
 
 
-@dataclasses.dataclass(frozen=True)
-class Inspection:
-    """One forward pass seen at a Flatten layer; arrays carry the batch axis."""
-
-    outputs: np.ndarray
-    source: np.ndarray
-    flattened: np.ndarray
-
-
 class CompiledModel:
     """A Keras model behind compiled calls, never ``model.predict``.
 
-    ``predict`` runs the model alone; ``inspect`` runs a second graph over the same
-    weights that also returns what enters and leaves every Flatten layer, so a single
-    pass yields the prediction and the intermediate tensors.
+    :meth:`run` either runs the model alone, or a second graph over the same weights
+    that also returns what enters and leaves every Flatten layer, so that one pass
+    yields the prediction and the intermediate tensors.
 
     Args:
         model: A loaded single-input, single-output model.
@@ -44,7 +34,7 @@ class CompiledModel:
             )
         import tensorflow as tf
 
-        self._names = [layer.name for layer in flatten_layers]
+        self.flatten_layers = [layer.name for layer in flatten_layers]
         probe_outputs = [model.outputs[0]]
         for layer in flatten_layers:
             probe_outputs += [layer.input, layer.output]
@@ -62,18 +52,17 @@ class CompiledModel:
                 "current"
             ]
 
-    def predict(self, inputs: np.ndarray) -> np.ndarray:
-        """Returns the model's output for a batch."""
-        return self._predict(inputs).numpy()
+    def run(self, inputs: np.ndarray, extras: bool = False) -> list[np.ndarray]:
+        """Runs one pass over a batch.
 
-    def inspect(self, inputs: np.ndarray, layer: str, include_source: bool = True) -> Inspection:
-        """Runs one pass and returns the outputs and the tensors around Flatten ``layer``."""
-        results = self._inspect(inputs)
-        at = 1 + 2 * self._names.index(layer)
-        source = results[at].numpy() if include_source else np.empty((0,), np.float32)
-        return Inspection(
-            outputs=results[0].numpy(), source=source, flattened=results[at + 1].numpy()
-        )
+        Returns:
+            ``[outputs]``, or with ``extras``
+            ``[outputs, source_0, flattened_0, source_1, flattened_1, ...]`` for the
+            Flatten layers in the order of ``flatten_layers``.
+        """
+        if not extras:
+            return [self._predict(inputs).numpy()]
+        return [tensor.numpy() for tensor in self._inspect(inputs)]
 
 
 def configure_devices() -> None:

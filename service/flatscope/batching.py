@@ -1,0 +1,233 @@
+"""Dynamic batching: requests from every RPC share forward passes.
+
+Requests queue; one consumer packs them into a batch and runs one forward pass off the
+event loop, then hands every request its own rows. A request that reaches an idle
+model runs at once; requests that arrive while a pass runs are packed together, up to
+``max_batch_size`` examples, or until the oldest has waited ``batch_timeout``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import concurrent.futures
+import contextlib
+import dataclasses
+import time
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from flatscope.errors import DeadlineExceededError, ResourceExhaustedError
+from flatscope.metrics import Metrics
+
+# run(inputs, extras) -> arrays whose first axis is the batch: with extras False only
+# the predictions, with extras True also the Flatten tensors.
+RunBatch = Callable[[np.ndarray, bool], Sequence[np.ndarray]]
+
+
+@dataclasses.dataclass(frozen=True)
+class BatchingConfig:
+    """The batcher's knobs (names follow TF Serving's).
+
+    Attributes:
+        enabled: Pack several requests into one pass; off runs each request alone.
+        max_batch_size: Most examples in one forward pass.
+        batch_timeout: Longest a request waits, in seconds, for its batch to fill
+            while the model is busy; a request that finds the model idle never waits.
+        max_enqueued_batches: Waiting work is bounded to this many full batches;
+            past it, requests fail at once with RESOURCE_EXHAUSTED.
+    """
+
+    enabled: bool = True
+    max_batch_size: int = 64
+    batch_timeout: float = 0.002
+    max_enqueued_batches: int = 16
+
+
+@dataclasses.dataclass(eq=False)
+class _Pending:
+    inputs: np.ndarray
+    extras: bool
+    future: asyncio.Future
+    enqueued: float
+    deadline: float | None
+    found_idle: bool
+
+
+class Batcher:
+    """Queues requests for shared forward passes.
+
+    Args:
+        run: The blocking batch call; it runs on ``executor``.
+        config: Batching knobs.
+        executor: Where passes run (one at a time).
+        metrics: Where queue time, batch size, pass time and drops go; None for none.
+        model: The ``model`` label of those metrics.
+    """
+
+    def __init__(
+        self,
+        run: RunBatch,
+        config: BatchingConfig,
+        executor: concurrent.futures.Executor,
+        metrics: Metrics | None = None,
+        model: str = "",
+    ):
+        self._run = run
+        self._config = config
+        self._executor = executor
+        self._metrics = metrics
+        self._model = model
+        self._queue: collections.deque[_Pending] = collections.deque()
+        self._queued_examples = 0
+        self._limit = config.max_enqueued_batches * config.max_batch_size
+        self._wakeup = asyncio.Event()
+        self._busy = False
+        self._consumer: asyncio.Task | None = None
+
+    async def submit(
+        self, inputs: np.ndarray, extras: bool = False, deadline: float | None = None
+    ) -> list[np.ndarray]:
+        """Queues a batch of examples and returns its rows of every result array.
+
+        Args:
+            inputs: (n, *example_shape), n <= max_batch_size.
+            extras: Also compute the Flatten tensors.
+            deadline: ``time.monotonic()`` after which the request is dropped unrun.
+
+        Raises:
+            ResourceExhaustedError: The queue is full.
+            DeadlineExceededError: The deadline passed while the request waited.
+            Exception: Whatever the forward pass raised.
+        """
+        count = len(inputs)
+        if self._queued_examples + count > self._limit:
+            self._count_drop("queue_full")
+            raise ResourceExhaustedError(
+                f"the model's queue is full ({self._queued_examples} examples waiting, "
+                f"limit {self._limit}); retry with backoff"
+            )
+        if self._consumer is None:
+            self._consumer = asyncio.create_task(self._consume(), name="flatscope-batcher")
+        pending = _Pending(
+            inputs=inputs,
+            extras=extras,
+            future=asyncio.get_running_loop().create_future(),
+            enqueued=time.monotonic(),
+            deadline=deadline,
+            found_idle=not self._busy and not self._queue,
+        )
+        self._queue.append(pending)
+        self._queued_examples += count
+        self._wakeup.set()
+        try:
+            return await pending.future
+        except asyncio.CancelledError:
+            if not pending.future.done() or pending.future.cancelled():
+                self._count_drop("cancelled")
+            raise
+
+    async def close(self) -> None:
+        """Stops the consumer; requests still queued fail."""
+        if self._consumer is not None:
+            self._consumer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._consumer
+            self._consumer = None
+        while self._queue:
+            pending = self._queue.popleft()
+            if not pending.future.done():
+                pending.future.cancel()
+        self._queued_examples = 0
+
+    async def _consume(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            if not self._queue:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            wait = self._fill_time_left()
+            if wait > 0:
+                self._wakeup.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wakeup.wait(), wait)
+                continue
+            batch = self._take()
+            if not batch:
+                continue
+            self._busy = True
+            try:
+                results = await loop.run_in_executor(self._executor, self._run_batch, batch)
+            except Exception as exc:  # every waiter learns of the failure
+                for pending in batch:
+                    if not pending.future.done():
+                        pending.future.set_exception(exc)
+            else:
+                for pending, rows in zip(batch, results, strict=True):
+                    if not pending.future.done():
+                        pending.future.set_result(rows)
+            finally:
+                self._busy = False
+
+    def _fill_time_left(self) -> float:
+        """Seconds the head of the queue may still wait for its batch to fill."""
+        config = self._config
+        head = self._queue[0]
+        if not config.enabled or head.found_idle or config.batch_timeout <= 0:
+            return 0.0
+        if self._queued_examples >= config.max_batch_size:
+            return 0.0
+        return head.enqueued + config.batch_timeout - time.monotonic()
+
+    def _take(self) -> list[_Pending]:
+        """Pops the next batch off the queue, skipping requests nobody waits for."""
+        batch: list[_Pending] = []
+        size = 0
+        now = time.monotonic()
+        while self._queue:
+            pending = self._queue[0]
+            count = len(pending.inputs)
+            if batch and (not self._config.enabled or size + count > self._config.max_batch_size):
+                break
+            self._queue.popleft()
+            self._queued_examples -= count
+            if pending.future.done():  # cancelled while queued
+                continue
+            if pending.deadline is not None and now >= pending.deadline:
+                self._count_drop("deadline")
+                pending.future.set_exception(
+                    DeadlineExceededError("the deadline passed before the model was free")
+                )
+                continue
+            batch.append(pending)
+            size += count
+        return batch
+
+    def _run_batch(self, batch: list[_Pending]) -> list[list[np.ndarray]]:
+        """Runs on the executor: packs, runs one pass, splits the rows back out."""
+        inputs = [pending.inputs for pending in batch]
+        packed = inputs[0] if len(inputs) == 1 else np.concatenate(inputs)
+        extras = any(pending.extras for pending in batch)
+        metrics = self._metrics
+        if metrics is None:
+            results = self._run(packed, extras)
+        else:
+            start = time.monotonic()
+            for pending in batch:
+                metrics.queue_seconds.labels(self._model).observe(start - pending.enqueued)
+            metrics.batch_size.labels(self._model).observe(len(packed))
+            with metrics.inference_seconds.labels(self._model).time():
+                results = self._run(packed, extras)
+        rows = []
+        offset = 0
+        for pending in batch:
+            count = len(pending.inputs)
+            rows.append([array[offset : offset + count] for array in results])
+            offset += count
+        return rows
+
+    def _count_drop(self, reason: str) -> None:
+        if self._metrics is not None:
+            self._metrics.dropped.labels(self._model, reason).inc()

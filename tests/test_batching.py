@@ -1,0 +1,292 @@
+"""The batcher through its public API, around a plain numpy batch function."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import threading
+import time
+
+import numpy as np
+import pytest
+from prometheus_client import CollectorRegistry
+
+from flatscope.batching import Batcher, BatchingConfig
+from flatscope.errors import DeadlineExceededError, ResourceExhaustedError
+from flatscope.metrics import Metrics
+
+
+class Model:
+    """A batch function that records its passes and can be held mid-pass."""
+
+    def __init__(self):
+        self.passes: list[tuple[np.ndarray, bool]] = []
+        self.gate = threading.Event()
+        self.gate.set()
+        self.entered = threading.Event()
+        self.fail_on: float | None = None
+
+    def __call__(self, inputs: np.ndarray, extras: bool) -> list[np.ndarray]:
+        self.entered.set()
+        assert self.gate.wait(10), "test never released the pass"
+        self.passes.append((inputs.copy(), extras))
+        if self.fail_on is not None and self.fail_on in inputs:
+            raise ValueError(f"bad example {self.fail_on}")
+        outputs = [inputs.sum(axis=1, keepdims=True)]
+        if extras:
+            outputs.append(inputs * 10)
+        return outputs
+
+    def hold(self) -> None:
+        self.gate.clear()
+        self.entered.clear()
+
+    def batch_sizes(self) -> list[int]:
+        return [len(inputs) for inputs, _ in self.passes]
+
+
+@pytest.fixture()
+def executor():
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        yield pool
+
+
+def _examples(first: int, count: int) -> np.ndarray:
+    """``count`` examples of 2 features whose values identify them."""
+    values = np.arange(first, first + count, dtype=np.float32)
+    return np.stack([values, values + 0.5], axis=1)
+
+
+async def _wait_for_pass(model: Model) -> None:
+    await asyncio.get_running_loop().run_in_executor(None, model.entered.wait, 10)
+
+
+def run(coroutine):
+    return asyncio.run(asyncio.wait_for(coroutine, 30))
+
+
+def test_mixed_batch_sizes_come_back_to_their_callers(executor):
+    model = Model()
+    metrics = Metrics(CollectorRegistry(), process=False)
+    config = BatchingConfig(max_batch_size=16, batch_timeout=1.0)
+    sizes = [1, 3, 2, 5, 1, 4]
+
+    async def scenario():
+        batcher = Batcher(model, config, executor, metrics, model="m")
+        model.hold()
+        first = asyncio.create_task(batcher.submit(_examples(1000, 1)))
+        await _wait_for_pass(model)  # the first request found the model idle
+        starts = np.cumsum([0, *sizes[:-1]])
+        tasks = [
+            asyncio.create_task(batcher.submit(_examples(int(start), size)))
+            for start, size in zip(starts, sizes, strict=True)
+        ]
+        await asyncio.sleep(0.05)
+        model.gate.set()
+        results = await asyncio.gather(first, *tasks)
+        await batcher.close()
+        return starts, results
+
+    starts, results = run(scenario())
+    assert model.batch_sizes() == [1, sum(sizes)]  # the rest shared one pass
+    for start, size, rows in zip(starts, sizes, results[1:], strict=True):
+        inputs = _examples(int(start), size)
+        assert len(rows) == 1
+        np.testing.assert_array_equal(rows[0], inputs.sum(axis=1, keepdims=True))
+    registry = metrics.registry
+    assert registry.get_sample_value("flatscope_batch_size_count", {"model": "m"}) == 2
+    assert registry.get_sample_value("flatscope_batch_size_sum", {"model": "m"}) == 17
+    assert registry.get_sample_value("flatscope_queue_seconds_count", {"model": "m"}) == 7
+
+
+def test_an_idle_model_does_not_wait_for_the_batch_to_fill(executor):
+    model = Model()
+    # A request that found the model idle would wait a minute if the timeout applied.
+    config = BatchingConfig(max_batch_size=64, batch_timeout=60.0)
+
+    async def scenario():
+        batcher = Batcher(model, config, executor)
+        rows = await asyncio.wait_for(batcher.submit(_examples(0, 2)), 10)
+        await batcher.close()
+        return rows
+
+    np.testing.assert_array_equal(run(scenario())[0], [[0.5], [2.5]])
+
+
+def test_batches_never_exceed_max_batch_size(executor):
+    model = Model()
+    config = BatchingConfig(max_batch_size=8, batch_timeout=0.5)
+
+    async def scenario():
+        batcher = Batcher(model, config, executor)
+        model.hold()
+        first = asyncio.create_task(batcher.submit(_examples(100, 1)))
+        await _wait_for_pass(model)
+        tasks = [asyncio.create_task(batcher.submit(_examples(3 * i, 3))) for i in range(10)]
+        await asyncio.sleep(0.05)
+        model.gate.set()
+        results = await asyncio.gather(first, *tasks)
+        await batcher.close()
+        return results
+
+    results = run(scenario())
+    assert model.batch_sizes()[0] == 1
+    assert all(size <= 8 for size in model.batch_sizes())
+    assert sum(model.batch_sizes()) == 31
+    for i, rows in enumerate(results[1:]):
+        np.testing.assert_array_equal(rows[0], _examples(3 * i, 3).sum(axis=1, keepdims=True))
+
+
+def test_a_full_batch_goes_without_waiting_for_the_timeout(executor):
+    model = Model()
+    config = BatchingConfig(max_batch_size=4, batch_timeout=60.0)
+
+    async def scenario():
+        batcher = Batcher(model, config, executor)
+        model.hold()
+        first = asyncio.create_task(batcher.submit(_examples(0, 1)))
+        await _wait_for_pass(model)
+        full = asyncio.create_task(batcher.submit(_examples(10, 4)))
+        await asyncio.sleep(0.05)
+        model.gate.set()
+        await asyncio.wait_for(asyncio.gather(first, full), 10)
+        await batcher.close()
+
+    run(scenario())
+    assert model.batch_sizes() == [1, 4]
+
+
+def test_extras_are_computed_when_any_request_wants_them(executor):
+    model = Model()
+
+    async def scenario():
+        batcher = Batcher(model, BatchingConfig(batch_timeout=0.5), executor)
+        model.hold()
+        first = asyncio.create_task(batcher.submit(_examples(0, 1)))
+        await _wait_for_pass(model)
+        plain = asyncio.create_task(batcher.submit(_examples(5, 2)))
+        inspect = asyncio.create_task(batcher.submit(_examples(7, 1), extras=True))
+        await asyncio.sleep(0.05)
+        model.gate.set()
+        results = await asyncio.gather(first, plain, inspect)
+        await batcher.close()
+        return results
+
+    _, plain, inspect = run(scenario())
+    assert [extras for _, extras in model.passes] == [False, True]
+    np.testing.assert_array_equal(inspect[1], _examples(7, 1) * 10)
+    np.testing.assert_array_equal(plain[0], _examples(5, 2).sum(axis=1, keepdims=True))
+
+
+def test_deadline_passing_while_queued_drops_the_request_unrun(executor):
+    model = Model()
+    metrics = Metrics(CollectorRegistry(), process=False)
+
+    async def scenario():
+        batcher = Batcher(model, BatchingConfig(), executor, metrics, model="m")
+        model.hold()
+        first = asyncio.create_task(batcher.submit(_examples(0, 1)))
+        await _wait_for_pass(model)
+        late = asyncio.create_task(
+            batcher.submit(_examples(50, 1), deadline=time.monotonic() + 0.05)
+        )
+        on_time = asyncio.create_task(batcher.submit(_examples(60, 1)))
+        await asyncio.sleep(0.2)
+        model.gate.set()
+        with pytest.raises(DeadlineExceededError, match="deadline"):
+            await late
+        await asyncio.gather(first, on_time)
+        await batcher.close()
+
+    run(scenario())
+    seen = np.concatenate([inputs for inputs, _ in model.passes])[:, 0].tolist()
+    assert seen == [0, 60]  # example 50 never reached the model
+    labels = {"model": "m", "reason": "deadline"}
+    assert metrics.registry.get_sample_value("flatscope_requests_dropped_total", labels) == 1
+
+
+def test_cancelled_requests_never_reach_the_model(executor):
+    model = Model()
+
+    async def scenario():
+        batcher = Batcher(model, BatchingConfig(), executor)
+        model.hold()
+        first = asyncio.create_task(batcher.submit(_examples(0, 1)))
+        await _wait_for_pass(model)
+        gone = asyncio.create_task(batcher.submit(_examples(50, 2)))
+        kept = asyncio.create_task(batcher.submit(_examples(60, 1)))
+        await asyncio.sleep(0.01)
+        gone.cancel()
+        model.gate.set()
+        await asyncio.gather(first, kept)
+        with pytest.raises(asyncio.CancelledError):
+            await gone
+        await batcher.close()
+
+    run(scenario())
+    seen = np.concatenate([inputs for inputs, _ in model.passes])[:, 0].tolist()
+    assert seen == [0, 60]
+
+
+def test_overflow_is_refused_at_once(executor):
+    model = Model()
+    config = BatchingConfig(max_batch_size=4, max_enqueued_batches=1)
+
+    async def scenario():
+        batcher = Batcher(model, config, executor)
+        model.hold()
+        running = asyncio.create_task(batcher.submit(_examples(0, 1)))
+        await _wait_for_pass(model)  # taken off the queue: the queue is empty again
+        queued = asyncio.create_task(batcher.submit(_examples(10, 4)))
+        await asyncio.sleep(0)
+        with pytest.raises(ResourceExhaustedError, match="queue is full"):
+            await batcher.submit(_examples(20, 1))
+        model.gate.set()
+        await asyncio.gather(running, queued)
+        # Room again once the queue drained.
+        rows = await batcher.submit(_examples(30, 1))
+        await batcher.close()
+        return rows
+
+    np.testing.assert_array_equal(run(scenario())[0], [[60.5]])
+
+
+def test_a_failing_pass_reaches_every_waiter_and_the_batcher_goes_on(executor):
+    model = Model()
+    model.fail_on = 51.0
+
+    async def scenario():
+        batcher = Batcher(model, BatchingConfig(), executor)
+        model.hold()
+        first = asyncio.create_task(batcher.submit(_examples(0, 1)))
+        await _wait_for_pass(model)
+        doomed = [asyncio.create_task(batcher.submit(_examples(50 + i, 1))) for i in range(3)]
+        await asyncio.sleep(0.01)
+        model.gate.set()
+        await first
+        outcomes = await asyncio.gather(*doomed, return_exceptions=True)
+        after = await batcher.submit(_examples(70, 1))
+        await batcher.close()
+        return outcomes, after
+
+    outcomes, after = run(scenario())
+    assert all(isinstance(o, ValueError) and "bad example 51" in str(o) for o in outcomes)
+    np.testing.assert_array_equal(after[0], [[140.5]])
+
+
+def test_batching_off_runs_each_request_alone(executor):
+    model = Model()
+
+    async def scenario():
+        batcher = Batcher(model, BatchingConfig(enabled=False), executor)
+        model.hold()
+        first = asyncio.create_task(batcher.submit(_examples(0, 1)))
+        await _wait_for_pass(model)
+        tasks = [asyncio.create_task(batcher.submit(_examples(10 * i, 2))) for i in range(4)]
+        await asyncio.sleep(0.01)
+        model.gate.set()
+        await asyncio.gather(first, *tasks)
+        await batcher.close()
+
+    run(scenario())
+    assert model.batch_sizes() == [1, 2, 2, 2, 2]

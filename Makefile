@@ -4,7 +4,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 PYTHON ?= python3
 
-.PHONY: setup serve test lint protos train
+.PHONY: setup serve test lint protos train dashboard
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,11 +21,14 @@ test: $(STAMP)  ## run the test suite
 	$(BIN)/python -m pytest
 
 lint: $(STAMP)
-	$(BIN)/ruff check service tests bench
-	$(BIN)/ruff format --check service tests bench
+	$(BIN)/ruff check service tests bench deploy
+	$(BIN)/ruff format --check service tests bench deploy
 
 protos: $(STAMP)  ## regenerate service/flatscope/v1 from protos/
 	$(BIN)/python protos/generate.py
+
+dashboard: $(STAMP)  ## regenerate deploy/grafana/dashboards/flatscope.json
+	$(BIN)/python deploy/grafana/dashboard.py
 
 train: $(STAMP)  ## retrain the embedded default model
 	$(BIN)/python -m flatscope.default_model.train

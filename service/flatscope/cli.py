@@ -75,8 +75,10 @@ def _parser() -> argparse.ArgumentParser:
                 "--at",
                 action="append",
                 default=[],
-                metavar="H,W,C",
-                help="a source index, e.g. 1,1,1, to find in the flat vector (repeatable)",
+                type=_index,
+                metavar="I,J,K",
+                help="a source index in the order of the source axes, e.g. 1,1,1 for "
+                "(h, w, c), to find in the flat vector (repeatable)",
             )
     return parser
 
@@ -156,6 +158,20 @@ def _inspect(args: argparse.Namespace) -> None:
         result = client.inspect(_example(args, client), layer=args.layer, include_source=True)
     layout = result.layout
     names = ", ".join(layout.axis_names)
+    # Every index is checked before anything is printed.
+    lines = []
+    for flat in args.flat:
+        index = layout.source_index(flat)
+        lines.append(
+            f"flat[{flat}] <- source{index} = {result.flattened[0, flat]:.6g}"
+            f"   [{_named(layout, index)}]"
+        )
+    for index in args.at:
+        flat = layout.flat_index(index)
+        lines.append(
+            f"source{index} -> flat[{flat}] = {result.source[(0, *index)]:.6g}"
+            f"   [{_named(layout, index)}]"
+        )
     print(
         f"model {result.model_name} v{result.model_version}: Flatten layer "
         f"'{layout.layer_name}' ({layout.data_format})"
@@ -166,13 +182,8 @@ def _inspect(args: argparse.Namespace) -> None:
     print(layout.formula)
     if layout.note:
         print(f"note: {layout.note}")
-    for flat in args.flat:
-        index = layout.source_index(flat)
-        print(f"flat[{flat}] <- source{index} = {result.flattened[0, flat]:.6g}")
-    for text in args.at:
-        index = tuple(int(part) for part in text.split(","))
-        flat = layout.flat_index(index)
-        print(f"source{index} -> flat[{flat}] = {result.source[(0, *index)]:.6g}")
+    for line in lines:
+        print(line)
     print(f"prediction: class {result.classes[0]}")
 
 
@@ -200,6 +211,19 @@ def _metadata(args: argparse.Namespace) -> None:
     print(f"Trainable params: {meta.trainable_params:,}")
     print(f"Non-trainable params: {meta.non_trainable_params:,}")
     print(f"Flatten layers: {', '.join(meta.flatten_layers) or 'none'}")
+
+
+def _index(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a source index; expected integers separated by commas, e.g. 1,1,1"
+        ) from None
+
+
+def _named(layout, index: tuple[int, ...]) -> str:
+    return ", ".join(f"{name} {i}" for name, i in zip(layout.axis_names, index, strict=True))
 
 
 def _shape(shape) -> str:

@@ -15,9 +15,9 @@ from __future__ import annotations
 import grpc
 import numpy as np
 
-from flatscope.core import InspectResult, Prediction
 from flatscope.grpc import converters
 from flatscope.metadata import ModelDescription
+from flatscope.results import InspectResult, Prediction
 from flatscope.settings import MiB
 from flatscope.v1 import model_service_pb2 as pb
 from flatscope.v1 import model_service_pb2_grpc

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import dataclasses
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -20,40 +19,12 @@ from flatscope.errors import (
 )
 from flatscope.layout import FlattenLayout
 from flatscope.metrics import Metrics
+from flatscope.results import InspectResult, Prediction
 from flatscope.settings import Settings
 
 if TYPE_CHECKING:
     from flatscope.inference import ServedModel
     from flatscope.metadata import ModelDescription
-
-
-@dataclasses.dataclass(frozen=True)
-class Prediction:
-    """The answer to Predict."""
-
-    model_name: str
-    model_version: str
-    outputs: np.ndarray
-    classes: np.ndarray
-
-
-@dataclasses.dataclass(frozen=True)
-class InspectResult:
-    """The answer to Inspect: one forward pass seen at a Flatten layer.
-
-    ``source`` is None unless asked for; ``coordinates`` has one row per flat index
-    from ``coordinate_start``, each the source index it came from.
-    """
-
-    model_name: str
-    model_version: str
-    outputs: np.ndarray
-    classes: np.ndarray
-    flattened: np.ndarray
-    source: np.ndarray | None
-    layout: FlattenLayout
-    coordinate_start: int
-    coordinates: np.ndarray
 
 
 class ModelCore:
@@ -74,6 +45,7 @@ class ModelCore:
     ):
         self._settings = settings
         self._metrics = metrics
+        self._owns_executor = executor is None
         self._executor = executor or concurrent.futures.ThreadPoolExecutor(
             max_workers=1, thread_name_prefix="flatscope-model"
         )
@@ -107,9 +79,11 @@ class ModelCore:
         return served
 
     async def close(self) -> None:
-        """Stops batching; requests still queued fail."""
+        """Stops batching (requests still queued fail) and the executor it owns."""
         if self._batcher is not None:
             await self._batcher.close()
+        if self._owns_executor:
+            self._executor.shutdown(wait=False, cancel_futures=True)
 
     def metadata(self, model_name: str) -> ModelDescription:
         """Describes the served model."""
@@ -199,7 +173,9 @@ class ModelCore:
         return served
 
     def _batch(self, served: ServedModel, inputs: tensors.TensorPayload) -> np.ndarray:
-        return tensors.to_batch("inputs", inputs, served.example_shape, self._settings.max_batch_size)
+        return tensors.to_batch(
+            "inputs", inputs, served.example_shape, self._settings.max_batch_size
+        )
 
     @staticmethod
     def _layout(served: ServedModel, layer: str) -> FlattenLayout:
@@ -234,6 +210,11 @@ class ModelCore:
         if count < 0:
             raise InvalidInputError(f"coordinate_count is {count}; expected 0 or more")
         if count == 0:
+            if start != 0:
+                raise InvalidInputError(
+                    f"coordinate_start is {start} but coordinate_count is 0; set a count "
+                    f"to list coordinates from a flat index in [0, {size})"
+                )
             return
         if count > self._settings.max_coordinates:
             raise InvalidInputError(

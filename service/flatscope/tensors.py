@@ -43,18 +43,18 @@ class TensorPayload:
 def to_batch(
     field: str,
     payload: TensorPayload,
-    example_shape: Sequence[int | None],
+    example_shape: Sequence[int],
     max_batch_size: int,
 ) -> np.ndarray:
     """Decodes a request tensor and checks that it is a batch the model takes.
 
-    Raw bytes are not copied.
+    The declared shape is checked before any data is touched, so a hostile shape
+    costs nothing; raw bytes are not copied.
 
     Args:
         field: Name of the request field, for error messages.
         payload: The tensor as sent.
-        example_shape: The model's input shape without the batch axis; None or -1
-            entries accept any size.
+        example_shape: The model's input shape without the batch axis.
         max_batch_size: Largest number of examples accepted.
 
     Returns:
@@ -64,16 +64,25 @@ def to_batch(
         InvalidInputError: The tensor is malformed or does not fit; the message says
             what was expected.
     """
-    expected = "(batch, " + ", ".join(_dim(d) for d in example_shape) + ")"
-    array = _decode(field, payload, expected)
-    if array.ndim != len(example_shape) + 1:
+    expected = "(batch, " + ", ".join(str(d) for d in example_shape) + ")"
+    shape = tuple(int(d) for d in payload.shape)
+    raw_data, float_values = payload.raw_data, payload.float_values
+    has_raw, has_values = len(raw_data) > 0, len(float_values) > 0
+    if not shape and not has_raw and not has_values:
         raise InvalidInputError(
-            f"{field} shape {array.shape} has rank {array.ndim}; expected {expected}"
+            f"{field} is not set; expected a {ACCEPTED_DTYPE} tensor of shape {expected}"
         )
-    for got, want in zip(array.shape[1:], example_shape, strict=True):
-        if want not in (None, -1) and got != want:
-            raise InvalidInputError(f"{field} shape {array.shape} does not match {expected}")
-    batch = array.shape[0]
+    if any(d < 0 for d in shape):
+        raise InvalidInputError(
+            f"{field}.shape {_short(shape)} has a negative dimension; expected {expected}"
+        )
+    if len(shape) != len(example_shape) + 1:
+        raise InvalidInputError(
+            f"{field} shape {_short(shape)} has rank {len(shape)}; expected {expected}"
+        )
+    if shape[1:] != tuple(example_shape):
+        raise InvalidInputError(f"{field} shape {_short(shape)} does not match {expected}")
+    batch = shape[0]
     if batch == 0:
         raise InvalidInputError(f"{field} is an empty batch; send at least one example")
     if batch > max_batch_size:
@@ -81,6 +90,7 @@ def to_batch(
             f"{field} has a batch of {batch}; this server takes at most {max_batch_size} "
             "examples per request (split the batch)"
         )
+    array = _decode(field, payload.dtype, shape, raw_data, float_values)
     if not np.isfinite(array).all():
         bad = int(np.argwhere(~np.isfinite(array))[0][0])
         raise InvalidInputError(
@@ -90,20 +100,11 @@ def to_batch(
     return array
 
 
-def _decode(field: str, payload: TensorPayload, expected: str) -> np.ndarray:
-    shape = tuple(int(d) for d in payload.shape)
-    dtype = payload.dtype
-    raw_data, float_values = payload.raw_data, payload.float_values
-    has_raw, has_values = len(raw_data) > 0, len(float_values) > 0
-    if not shape and not has_raw and not has_values:
-        raise InvalidInputError(
-            f"{field} is not set; expected a {ACCEPTED_DTYPE} tensor of shape {expected}"
-        )
-    if any(d < 0 for d in shape):
-        raise InvalidInputError(
-            f"{field}.shape {shape} has a negative dimension; expected {expected}"
-        )
+def _decode(
+    field: str, dtype: str, shape: tuple[int, ...], raw_data: bytes, float_values
+) -> np.ndarray:
     count = math.prod(shape)
+    has_raw, has_values = len(raw_data) > 0, len(float_values) > 0
     if has_raw and has_values:
         raise InvalidInputError(
             f"{field} sets both raw_data and float_values; set exactly one of them"
@@ -118,7 +119,7 @@ def _decode(field: str, payload: TensorPayload, expected: str) -> np.ndarray:
             f"{field}.dtype is {dtype}; the model takes {ACCEPTED_DTYPE} "
             "(send raw_data as little-endian float32)"
         )
-    if not has_raw and not has_values and count > 0:
+    if not has_raw and not has_values:
         raise InvalidInputError(
             f"{field} has neither raw_data nor float_values; set one of them "
             f"with the {count} elements of shape {shape}"
@@ -138,5 +139,8 @@ def _decode(field: str, payload: TensorPayload, expected: str) -> np.ndarray:
     return np.asarray(float_values, dtype=np.float32).reshape(shape)
 
 
-def _dim(d: int | None) -> str:
-    return "any" if d in (None, -1) else str(d)
+def _short(shape: tuple[int, ...]) -> str:
+    """A shape for a message, cut short when a hostile client sent thousands of axes."""
+    if len(shape) <= 8:
+        return str(shape)
+    return "(" + ", ".join(str(d) for d in shape[:8]) + f", ... {len(shape)} axes)"

@@ -6,10 +6,12 @@ Used both ways: by the servicer (requests in, replies out) and by the client.
 from __future__ import annotations
 
 import numpy as np
+from google.protobuf.message import Message
 
-from flatscope.core import InspectResult, Prediction
+from flatscope.errors import InvalidInputError, ResourceExhaustedError
 from flatscope.layout import FlattenLayout
 from flatscope.metadata import LayerRow, ModelDescription, TensorSpec
+from flatscope.results import InspectResult, Prediction
 from flatscope.tensors import DTYPES, TensorPayload
 from flatscope.v1 import model_service_pb2 as pb
 from flatscope.v1 import tensor_pb2
@@ -25,6 +27,34 @@ def request_payload(tensor: tensor_pb2.Tensor) -> TensorPayload:
     except ValueError:  # proto3 enums are open: any number arrives
         dtype = f"DataType({tensor.dtype})"
     return TensorPayload(dtype, tensor.shape, tensor.raw_data, tensor.float_values)
+
+
+def reply_encoding(value: int) -> int:
+    """Checks a request's ``output_encoding`` (proto3 enums accept any number).
+
+    Raises:
+        InvalidInputError: It is not a known TensorEncoding.
+    """
+    if value not in tensor_pb2.TensorEncoding.values():
+        known = ", ".join(tensor_pb2.TensorEncoding.keys())
+        raise InvalidInputError(f"output_encoding {value} is not one of {known}")
+    return value
+
+
+def within_limit(reply: Message, limit: int) -> Message:
+    """Returns ``reply`` if it fits in ``limit`` bytes.
+
+    Raises:
+        ResourceExhaustedError: It does not; the message says how to ask for less.
+    """
+    size = reply.ByteSize()
+    if size > limit:
+        raise ResourceExhaustedError(
+            f"the reply would be {size} bytes, above this server's limit of {limit} "
+            "(--max-send-message-bytes); send fewer examples per request, leave "
+            "include_source off, or use TENSOR_ENCODING_RAW"
+        )
+    return reply
 
 
 def to_tensor(array: np.ndarray, encoding: int = RAW) -> tensor_pb2.Tensor:

@@ -55,7 +55,7 @@ class Server:
             ],
         )
         model_service_pb2_grpc.add_ModelServiceServicer_to_server(
-            ModelServicer(self.core), self._server
+            ModelServicer(self.core, settings.max_send_message_bytes), self._server
         )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         reflection.enable_server_reflection(

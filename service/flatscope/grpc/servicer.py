@@ -13,21 +13,31 @@ from flatscope.v1 import model_service_pb2_grpc
 
 
 class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
-    """Serves ModelService from a ModelCore."""
+    """Serves ModelService from a ModelCore.
 
-    def __init__(self, core: ModelCore):
+    Args:
+        core: The model core.
+        max_reply_bytes: Largest reply the server may send; a larger one becomes a
+            RESOURCE_EXHAUSTED that says how to ask for less.
+    """
+
+    def __init__(self, core: ModelCore, max_reply_bytes: int):
         self._core = core
+        self._max_reply_bytes = max_reply_bytes
 
     async def Predict(
         self, request: pb.PredictRequest, context: grpc.aio.ServicerContext
     ) -> pb.PredictResponse:
+        encoding = converters.reply_encoding(request.output_encoding)
         inputs = converters.request_payload(request.inputs)
         result = await self._core.predict(request.model_name, inputs, _deadline(context))
-        return converters.predict_response(result, request.output_encoding)
+        reply = converters.predict_response(result, encoding)
+        return converters.within_limit(reply, self._max_reply_bytes)
 
     async def Inspect(
         self, request: pb.InspectRequest, context: grpc.aio.ServicerContext
     ) -> pb.InspectResponse:
+        encoding = converters.reply_encoding(request.output_encoding)
         inputs = converters.request_payload(request.inputs)
         result = await self._core.inspect(
             request.model_name,
@@ -38,7 +48,8 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
             coordinate_count=request.coordinate_count,
             deadline=_deadline(context),
         )
-        return converters.inspect_response(result, request.output_encoding)
+        reply = converters.inspect_response(result, encoding)
+        return converters.within_limit(reply, self._max_reply_bytes)
 
     async def GetModelMetadata(
         self, request: pb.GetModelMetadataRequest, context: grpc.aio.ServicerContext

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from flatscope.errors import ModelLoadError
 from flatscope.inference import model as keras_model
 from flatscope.inference.runner import CompiledModel, configure_devices
 from flatscope.layout import FlattenLayout
@@ -28,8 +29,8 @@ class ServedModel:
     layouts: dict[str, FlattenLayout]
 
     @property
-    def example_shape(self) -> tuple[int | None, ...]:
-        """The model's input shape without the batch axis."""
+    def example_shape(self) -> tuple[int, ...]:
+        """The model's input shape without the batch axis (always fully known)."""
         return self.description.inputs[0].shape[1:]
 
 
@@ -52,14 +53,19 @@ def load_served_model(
     model, source = keras_model.load(path)
     flattens = keras_model.flatten_layers(model)
     layouts = {layer.name: keras_model.layout_of(layer) for layer in flattens}
-    runner = CompiledModel(model, flattens)
-    description = dataclasses.replace(
-        keras_model.describe(model, source, name, version),
-        device=runner.device,
-        max_batch_size=max_batch_size,
-    )
-    served = ServedModel(runner=runner, description=description, layouts=layouts)
-    _warm_up(served)
+    try:
+        runner = CompiledModel(model, flattens)
+        description = dataclasses.replace(
+            keras_model.describe(model, source, name, version),
+            device=runner.device,
+            max_batch_size=max_batch_size,
+        )
+        served = ServedModel(runner=runner, description=description, layouts=layouts)
+        _warm_up(served)
+    except ModelLoadError:
+        raise
+    except Exception as exc:  # the framework's own error types vary by backend
+        raise ModelLoadError(f"cannot run the model from {source}: {exc}") from exc
     log.info(
         "model %s v%s from %s: input %s, Flatten layers %s; loaded and warmed up in %.1f s",
         description.name,
@@ -74,9 +80,8 @@ def load_served_model(
 
 def _warm_up(served: ServedModel) -> None:
     # Traces both compiled graphs so that no request pays for it.
-    example = tuple(1 if d is None else d for d in served.example_shape)
     for batch in (1, 2):
-        zeros = np.zeros((batch, *example), dtype=np.float32)
+        zeros = np.zeros((batch, *served.example_shape), dtype=np.float32)
         served.runner.run(zeros)
         if served.layouts:
             served.runner.run(zeros, extras=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 
 import keras
@@ -41,6 +42,16 @@ def load(path: Path | None) -> tuple[keras.Model, str]:
             f"{file}: model has {len(model.inputs)} inputs and {len(model.outputs)} outputs; "
             "flatscope serves models with exactly one of each"
         )
+    shape = tuple(model.inputs[0].shape)
+    if any(d is None for d in shape[1:]):
+        raise ModelLoadError(
+            f"{file}: model input shape {shape} has unknown dimensions besides the batch; "
+            "flatscope serves fixed-size inputs (rebuild it with keras.Input(shape=...))"
+        )
+    if model.inputs[0].dtype != "float32":
+        raise ModelLoadError(
+            f"{file}: model input dtype is {model.inputs[0].dtype}; flatscope serves float32"
+        )
     return model, source
 
 
@@ -77,8 +88,8 @@ def describe(model: keras.Model, source: str, name: str, version: str) -> ModelD
         )
         for layer in model.layers
     )
-    trainable = sum(int(w.numpy().size) for w in model.trainable_weights)
-    non_trainable = sum(int(w.numpy().size) for w in model.non_trainable_weights)
+    trainable = sum(math.prod(w.shape) for w in model.trainable_weights)
+    non_trainable = sum(math.prod(w.shape) for w in model.non_trainable_weights)
     output_layer = model.layers[-1].name if model.layers else "output"
     return ModelDescription(
         name=name or model.name,
@@ -110,11 +121,38 @@ def _output_shape(layer: keras.layers.Layer) -> tuple[int | None, ...]:
     return tuple(output.shape)
 
 
+# Layers whose output axes mean what their (first) input's axes meant.
+_AXIS_PRESERVING = (
+    keras.layers.Activation,
+    keras.layers.ReLU,
+    keras.layers.LeakyReLU,
+    keras.layers.ELU,
+    keras.layers.PReLU,
+    keras.layers.Softmax,
+    keras.layers.Dropout,
+    keras.layers.GaussianNoise,
+    keras.layers.GaussianDropout,
+    keras.layers.AlphaDropout,
+    keras.layers.BatchNormalization,
+    keras.layers.LayerNormalization,
+    keras.layers.GroupNormalization,
+    keras.layers.ActivityRegularization,
+    keras.layers.Identity,
+    keras.layers.Add,
+    keras.layers.Subtract,
+    keras.layers.Multiply,
+    keras.layers.Average,
+    keras.layers.Maximum,
+    keras.layers.Minimum,
+)
+
+
 def _producer_data_format(tensor) -> str:
     """The data_format of the nearest layer upstream that decides what the axes mean.
 
-    Walks back through layers that keep the shape (activations, dropout, batch norm);
-    stops with "" at a layer that reshapes without a data_format, or at the input.
+    Walks back through layers that keep every axis' meaning (activations, dropout,
+    normalisation, element-wise merges); stops with "" anywhere else (a Permute or a
+    Reshape may keep the shape and still move the axes) and at the input.
     """
     # Keras has no public "producer of this tensor" API; ``_keras_history`` is what its
     # own graph code follows. ``layer.output`` is no substitute: layers of a Sequential
@@ -127,13 +165,13 @@ def _producer_data_format(tensor) -> str:
         data_format = getattr(layer, "data_format", None)
         if data_format:
             return str(data_format)
-        if isinstance(layer, keras.layers.InputLayer):
+        if not isinstance(layer, _AXIS_PRESERVING):
             return ""
         try:
             inputs = layer._inbound_nodes[history.node_index].input_tensors
         except (AttributeError, IndexError):
             return ""
-        if not inputs or tuple(inputs[0].shape) != tuple(tensor.shape):
+        if not inputs:
             return ""
         tensor = inputs[0]
     return ""

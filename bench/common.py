@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import re
 import socket
@@ -30,12 +31,24 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+@dataclasses.dataclass(frozen=True)
+class Running:
+    """A started server process."""
+
+    target: str
+    pid: int
+
+
+def flatscope(*flags: str) -> list[str]:
+    """The command line of ``flatscope serve --port 0 FLAGS``."""
+    return [sys.executable, "-m", "flatscope", "serve", "--port", "0", *flags]
+
+
 @contextlib.contextmanager
-def server_process(*flags: str, timeout: float = 120.0) -> Iterator[str]:
-    """Runs ``flatscope serve --port 0 FLAGS`` until the block ends; yields its target."""
+def server_process(command: list[str], timeout: float = 120.0) -> Iterator[Running]:
+    """Runs a server until the block ends, once it logged its address and model."""
     with tempfile.TemporaryDirectory() as tmp:
         log = Path(tmp) / "server.log"
-        command = [sys.executable, "-m", "flatscope", "serve", "--port", "0", *flags]
         with log.open("w") as out:
             process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
         try:
@@ -48,7 +61,7 @@ def server_process(*flags: str, timeout: float = 120.0) -> Iterator[str]:
                 if process.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError(f"server did not start:\n{text}")
                 time.sleep(0.1)
-            yield found.group(1)
+            yield Running(found.group(1), process.pid)
         finally:
             process.terminate()
             try:

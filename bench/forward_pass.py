@@ -23,7 +23,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import server_process  # noqa: E402
+from common import flatscope, server_process  # noqa: E402
 
 
 def main() -> None:
@@ -42,8 +42,8 @@ def main() -> None:
     model = keras.saving.load_model(model_path(), compile=False)
     x = np.random.default_rng(0).random((1, 48, 48, 3), dtype=np.float32)
 
-    with server_process("--metrics-port", "0") as target:
-        client = Client(target)
+    with server_process(flatscope("--metrics-port", "0")) as server:
+        client = Client(server.target)
         client.wait_ready()
         variants = {
             "predict()": lambda: model.predict(x, verbose=0),

@@ -18,7 +18,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import drive, free_port, predict_request, server_process, summary  # noqa: E402
+from common import (  # noqa: E402
+    drive,
+    flatscope,
+    free_port,
+    predict_request,
+    server_process,
+    summary,
+)
 
 
 def main() -> None:
@@ -29,13 +36,13 @@ def main() -> None:
 
     request = predict_request()
     with (
-        server_process("--metrics-port", str(free_port())) as on,
-        server_process("--metrics-port", "0") as off,
+        server_process(flatscope("--metrics-port", str(free_port()))) as on,
+        server_process(flatscope("--metrics-port", "0")) as off,
     ):
         results: dict[tuple[str, int], list[tuple[float, float, float]]] = {}
         for _ in range(args.rounds):
             for concurrency in (1, 16):
-                for name, target in (("on", on), ("off", off)):
+                for name, target in (("on", on.target), ("off", off.target)):
                     latencies = asyncio.run(
                         drive(target, "Predict", request, concurrency, args.seconds)
                     )

@@ -22,15 +22,20 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
     the log, never over the wire.
     """
 
+    def __init__(self):
+        self._handlers = _HandlerCache(self._wrap)
+
     async def intercept_service(
         self,
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
-        handler = await continuation(handler_call_details)
-        if handler is None or handler.unary_unary is None:
+        return await self._handlers.get(continuation, handler_call_details)
+
+    @staticmethod
+    def _wrap(method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        if handler.unary_unary is None:
             return handler
-        method = handler_call_details.method
         inner = handler.unary_unary
 
         async def guarded(request, context: grpc.aio.ServicerContext):
@@ -63,16 +68,17 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
 
     def __init__(self, metrics: Metrics):
         self._metrics = metrics
+        self._handlers = _HandlerCache(self._wrap)
 
     async def intercept_service(
         self,
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return handler
-        service, _, method = handler_call_details.method.lstrip("/").rpartition("/")
+        return await self._handlers.get(continuation, handler_call_details)
+
+    def _wrap(self, full_method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        service, _, method = full_method.lstrip("/").rpartition("/")
         kind = _rpc_type(handler)
         labels = (service, method, kind)
         metrics = self._metrics
@@ -124,6 +130,23 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
         return factory(observed, request_deserializer=deserialize, response_serializer=serialize)
 
 
+class _HandlerCache:
+    """Wraps each method's handler once, not on every call (the hot path)."""
+
+    def __init__(self, wrap: Callable[[str, grpc.RpcMethodHandler], grpc.RpcMethodHandler]):
+        self._wrap = wrap
+        self._handlers: dict[str, grpc.RpcMethodHandler] = {}
+
+    async def get(self, continuation, details: grpc.HandlerCallDetails):
+        handler = self._handlers.get(details.method)
+        if handler is None:
+            handler = await continuation(details)
+            if handler is None:  # unknown method: not cached, so names can't pile up
+                return None
+            handler = self._handlers[details.method] = self._wrap(details.method, handler)
+        return handler
+
+
 def _rpc_type(handler: grpc.RpcMethodHandler) -> str:
     if handler.request_streaming:
         return "bidi_stream" if handler.response_streaming else "client_stream"
@@ -136,7 +159,10 @@ def _behaviour(handler: grpc.RpcMethodHandler):
     )
 
 
+_CODE_NAMES = {status.value[0]: status.name for status in grpc.StatusCode}
+
+
 def _code_name(code) -> str:
     if isinstance(code, grpc.StatusCode):
         return code.name
-    return "UNKNOWN" if code is None else grpc.StatusCode(code).name
+    return _CODE_NAMES.get(code, "UNKNOWN")

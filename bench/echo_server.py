@@ -1,0 +1,47 @@
+"""The floor: a bare gRPC server that answers Predict without a model.
+
+It speaks flatscope.v1.ModelService with the same server options as flatscope and
+replies with a fixed (1, 10) output, so a client pays for exactly the transport.
+Run: ``python bench/echo_server.py PORT``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+
+import grpc
+import numpy as np
+
+from flatscope.grpc import converters
+from flatscope.settings import Settings
+from flatscope.v1 import model_service_pb2 as pb
+from flatscope.v1 import model_service_pb2_grpc
+
+
+class Echo(model_service_pb2_grpc.ModelServiceServicer):
+    def __init__(self):
+        outputs = converters.to_tensor(np.full((1, 10), 0.1, np.float32))
+        self._reply = pb.PredictResponse(model_name="echo", model_version="1", outputs=outputs)
+
+    async def Predict(self, request, context):
+        return self._reply
+
+
+async def main(port: int) -> None:
+    settings = Settings()
+    server = grpc.aio.server(
+        options=[
+            ("grpc.max_receive_message_length", settings.max_receive_message_bytes),
+            ("grpc.max_send_message_length", settings.max_send_message_bytes),
+        ]
+    )
+    model_service_pb2_grpc.add_ModelServiceServicer_to_server(Echo(), server)
+    bound = server.add_insecure_port(f"127.0.0.1:{port}")
+    await server.start()
+    print(f"listening on 127.0.0.1:{bound}; serving model echo", flush=True)
+    await server.wait_for_termination()
+
+
+if __name__ == "__main__":
+    asyncio.run(main(int(sys.argv[1])))

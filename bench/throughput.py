@@ -1,0 +1,140 @@
+"""Throughput and latency under load, against the transport's floor and a naive server.
+
+Run: ``.venv/bin/python bench/throughput.py`` (about five minutes) or ``--quick`` (one).
+
+Starts five servers as processes of their own and drives them from this process with
+an asynchronous gRPC client, in interleaved rounds (so a noisy machine hits every
+variant alike), at concurrency 1, 8, 32 and 64, batch-1 requests of 27 KB:
+  1 echo      a bare gRPC server answering Predict without a model (the floor)
+  2 naive     model.predict per request (what tutorials write)
+  3 off       flatscope Predict, batching off
+  4 on        flatscope Predict, batching on
+  5 inspect   flatscope Inspect, batching on (18,432 extra floats per reply)
+Prints requests/s, p50 and p99 (medians over rounds), the ratios the project
+tracks, the compiled forward pass p50 measured in this process, and server RSS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from common import (  # noqa: E402
+    drive,
+    flatscope,
+    free_port,
+    predict_request,
+    rss_bytes,
+    server_process,
+    summary,
+)
+
+from flatscope.v1 import model_service_pb2 as pb  # noqa: E402
+
+CONCURRENCY = (1, 8, 32, 64)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="one round of 1.5 s per cell")
+    parser.add_argument("--seconds", type=float, default=4.0, help="per cell per round")
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    if args.quick:
+        args.seconds, args.rounds = 1.5, 1
+
+    predict = predict_request()
+    inspect = pb.InspectRequest(inputs=predict.inputs)
+    servers = {
+        "echo": [sys.executable, str(HERE / "echo_server.py"), "0"],
+        "naive": [sys.executable, str(HERE / "naive_server.py"), "0"],
+        "off": flatscope("--metrics-port", str(free_port()), "--batching", "false"),
+        "on": flatscope("--metrics-port", str(free_port())),
+    }
+    forward_p50 = _forward_pass_p50()
+    with (
+        server_process(servers["echo"]) as echo,
+        server_process(servers["naive"]) as naive,
+        server_process(servers["off"]) as off,
+        server_process(servers["on"]) as on,
+    ):
+        cells = {
+            "echo": (echo, "Predict", predict),
+            "naive": (naive, "Predict", predict),
+            "off": (off, "Predict", predict),
+            "on": (on, "Predict", predict),
+            "inspect": (on, "Inspect", inspect),
+        }
+        rss_loaded = {name: rss_bytes(server.pid) for name, (server, _, _) in cells.items()}
+        rss_peak = dict(rss_loaded)
+        results: dict[tuple[str, int], list[tuple[float, float, float]]] = {}
+        for _ in range(args.rounds):
+            for concurrency in CONCURRENCY:
+                for name, (server, method, request) in cells.items():
+                    # The naive server manages ~15 requests/s: fewer seconds keep the
+                    # run short without changing its figures.
+                    seconds = args.seconds / 2 if name == "naive" else args.seconds
+                    latencies = asyncio.run(
+                        drive(server.target, method, request, concurrency, seconds)
+                    )
+                    results.setdefault((name, concurrency), []).append(summary(latencies, seconds))
+                    rss_peak[name] = max(rss_peak[name], rss_bytes(server.pid))
+
+    table = {
+        key: tuple(statistics.median(r[i] for r in rounds) for i in range(3))
+        for key, rounds in results.items()
+    }
+    print(f"\n{'server':<8} " + " ".join(f"{'c=' + str(c):>22}" for c in CONCURRENCY))
+    print(f"{'':<8} " + " ".join(f"{'req/s  p50 ms  p99 ms':>22}" for _ in CONCURRENCY))
+    for name in cells:
+        row = " ".join(
+            f"{rps:>7.0f} {p50:>7.2f} {p99:>7.2f}"
+            for rps, p50, p99 in (table[(name, c)] for c in CONCURRENCY)
+        )
+        print(f"{name:<8} {row}")
+    print("\nratios (throughput)")
+    for c in CONCURRENCY:
+        on_rps = table[("on", c)][0]
+        print(
+            f"  c={c:<3} on/echo {on_rps / table[('echo', c)][0]:.2f}   "
+            f"on/naive {on_rps / table[('naive', c)][0]:.1f}   "
+            f"on/off {on_rps / table[('off', c)][0]:.2f}   "
+            f"inspect/on {table[('inspect', c)][0] / on_rps:.2f}"
+        )
+    echo_p50 = table[("echo", 1)][1]
+    on_p50 = table[("on", 1)][1]
+    print(
+        f"\nidle latency: on p50 {on_p50:.2f} ms vs echo p50 {echo_p50:.2f} ms + "
+        f"forward pass p50 {forward_p50:.2f} ms = {on_p50 / (echo_p50 + forward_p50):.2f}x"
+    )
+    print("\nserver RSS (MiB): after load -> peak under load (ratio)")
+    for name in ("echo", "naive", "off", "on"):
+        loaded, peak = rss_loaded[name] / 2**20, rss_peak[name] / 2**20
+        print(f"  {name:<6} {loaded:7.0f} -> {peak:7.0f} ({peak / loaded:.2f})")
+
+
+def _forward_pass_p50(calls: int = 200) -> float:
+    """p50 in ms of the compiled batch-1 forward pass, in this process."""
+    from flatscope.inference import load_served_model
+
+    served = load_served_model(None)
+    x = np.random.default_rng(0).random((1, 48, 48, 3), dtype=np.float32)
+    times = []
+    for _ in range(calls):
+        start = time.perf_counter()
+        served.runner.run(x)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1e3
+
+
+if __name__ == "__main__":
+    main()

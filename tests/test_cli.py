@@ -304,6 +304,18 @@ def test_inspect_index_out_of_range_exits_1_with_message(
     result = flatscope("inspect", "--target", server.target, *flags)
     assert result.returncode == 1
     assert_one_line_error(result.stderr, named, "outside [0, ")
+    # Every index is checked before anything is printed: no half-written report.
+    assert result.stdout == ""
+
+
+def test_inspect_at_that_is_no_index_exits_2():
+    result = flatscope("inspect", "--at", "a,b,c")
+    assert result.returncode == 2, result.stderr
+    assert "--at" in result.stderr
+    assert "'a,b,c' is not a source index" in result.stderr
+    assert "integers separated by commas" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stdout == ""
 
 
 def test_client_command_without_server_exits_1():

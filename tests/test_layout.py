@@ -29,6 +29,16 @@ def _random_batch(shape, seed=0):
     return np.random.default_rng(seed).standard_normal((3, *shape)).astype(np.float32)
 
 
+def _documented_flatten(source: np.ndarray, data_format: str) -> np.ndarray:
+    """Keras' documented Flatten rule, written independently of flatscope.layout.
+
+    channels_first moves the channels (axis 1) last, then both formats reshape row-major.
+    """
+    if data_format == CHANNELS_FIRST and source.ndim > 2:
+        source = np.moveaxis(source, 1, -1)
+    return source.reshape(source.shape[0], -1)
+
+
 @pytest.mark.parametrize("data_format", FORMATS)
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
 def test_layout_reproduces_keras_flatten(shape, data_format):
@@ -36,6 +46,7 @@ def test_layout_reproduces_keras_flatten(shape, data_format):
     layout = flatten_layout("f", shape, data_format)
     expected = keras.ops.convert_to_numpy(keras.layers.Flatten(data_format=data_format)(source))
 
+    np.testing.assert_array_equal(_documented_flatten(source, data_format), expected)
     np.testing.assert_array_equal(layout.flatten(source), expected)
     # Every flat index, through the explicit coordinate rows...
     rows = layout.coordinates(0, layout.flat_size)

@@ -210,6 +210,49 @@ def test_bad_inputs_are_invalid_argument(stub, method, inputs, fragments):
     assert_serving(stub)
 
 
+# Shapes a hostile or buggy client may declare. The shape is checked before any data, so
+# none of them allocates anything, and the message abbreviates what it quotes.
+HOSTILE_SHAPES = [
+    pytest.param(
+        tensor_pb2.Tensor(dtype=tensor_pb2.FLOAT32, shape=[1] * 70, raw_data=bytes(4)),
+        ["rank 70", "... 70 axes)", EXPECTED_INPUT],
+        id="70-axes",
+    ),
+    pytest.param(
+        tensor_pb2.Tensor(dtype=tensor_pb2.FLOAT32, shape=[0, 2**62, 2**62, 3]),
+        [f"(0, {2**62}, {2**62}, 3)", "does not match", EXPECTED_INPUT],
+        id="huge-example-shape",
+    ),
+    pytest.param(
+        tensor_pb2.Tensor(dtype=tensor_pb2.FLOAT32, shape=[2**40, *EXAMPLE_SHAPE]),
+        [f"batch of {2**40}", "at most 256"],
+        id="huge-batch",
+    ),
+]
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize(("inputs", "fragments"), HOSTILE_SHAPES)
+def test_hostile_shapes_are_invalid_argument_with_a_short_message(stub, method, inputs, fragments):
+    call = getattr(stub, method)
+    details = rejected(call, request(method, inputs), grpc.StatusCode.INVALID_ARGUMENT, *fragments)
+    assert len(details) < 300, details
+    assert_serving(stub)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_unknown_output_encoding_is_invalid_argument(stub, method):
+    rejected(
+        getattr(stub, method),
+        request(method, raw_tensor(images()), output_encoding=7),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "output_encoding 7",
+        "TENSOR_ENCODING_RAW",
+        "TENSOR_ENCODING_TYPED",
+    )
+    assert_serving(stub)
+
+
 @pytest.mark.parametrize("method", METHODS)
 def test_batch_above_max_batch_size_is_invalid_argument(limited_stub, method):
     call = getattr(limited_stub, method)
@@ -251,6 +294,12 @@ def test_request_above_max_receive_message_bytes_is_resource_exhausted(limited_s
             id="end-past-F",
         ),
         pytest.param(0, -1, ["coordinate_count is -1", "0 or more"], id="count-negative"),
+        pytest.param(
+            5,
+            0,
+            ["coordinate_start is 5", "coordinate_count is 0", f"[0, {FLAT_SIZE})"],
+            id="start-without-count",
+        ),
     ],
 )
 def test_coordinates_outside_the_flat_range_are_invalid_argument(stub, start, count, fragments):
@@ -259,6 +308,13 @@ def test_coordinates_outside_the_flat_range_are_invalid_argument(stub, start, co
     )
     rejected(stub.Inspect, message, grpc.StatusCode.INVALID_ARGUMENT, *fragments)
     assert_serving(stub)
+
+
+def test_no_coordinates_from_the_start_lists_none(stub):
+    message = request("Inspect", raw_tensor(images()), coordinate_start=0, coordinate_count=0)
+    reply = stub.Inspect(message, timeout=TIMEOUT)
+    assert reply.layout.flat_size == FLAT_SIZE
+    assert list(reply.layout.coordinates) == []
 
 
 def test_coordinates_up_to_the_last_flat_index_are_listed(stub):
@@ -286,6 +342,30 @@ def test_coordinate_count_above_max_coordinates_is_invalid_argument(limited_stub
         timeout=TIMEOUT,
     )
     assert [c.flat_index for c in reply.layout.coordinates] == list(range(100, 108))
+
+
+def test_reply_above_max_send_message_bytes_is_resource_exhausted():
+    # Inspect with the source for 2 examples is 2 x 2 x 18432 x 4 bytes = 294,912 > 100,000;
+    # Predict for 2 examples and Inspect without the source for 1 (73,728 bytes) fit.
+    server = ServerThread(settings(max_send_message_bytes=100_000))
+    try:
+        server.load_model()
+        with grpc.insecure_channel(server.target) as channel:
+            stub = stub_of(channel)
+            rejected(
+                stub.Inspect,
+                request("Inspect", raw_tensor(images(2)), include_source=True),
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                "100000",
+                "--max-send-message-bytes",
+                "include_source",
+            )
+            assert_serving(stub, batch=2)
+            reply = stub.Inspect(request("Inspect", raw_tensor(images())), timeout=TIMEOUT)
+            assert tuple(reply.flattened.shape) == (1, FLAT_SIZE)
+            assert not reply.HasField("source")
+    finally:
+        server.stop()
 
 
 @pytest.mark.parametrize("method", [*METHODS, "GetModelMetadata"])

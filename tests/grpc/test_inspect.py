@@ -23,10 +23,23 @@ def _keras_tensors(model: keras.Model, layer: str, inputs: np.ndarray):
     return [keras.ops.convert_to_numpy(t) for t in probe(inputs)]
 
 
+def _documented_flatten(source: np.ndarray, data_format: str) -> np.ndarray:
+    """Keras' documented Flatten rule, written independently of flatscope.layout.
+
+    channels_first moves the channels (axis 1) last, then both formats reshape row-major.
+    """
+    if data_format == CHANNELS_FIRST and source.ndim > 2:
+        source = np.moveaxis(source, 1, -1)
+    return source.reshape(source.shape[0], -1)
+
+
 def _assert_layout_exact(result, inputs_source: np.ndarray, keras_flat: np.ndarray) -> None:
     layout = result.layout
     np.testing.assert_array_equal(result.source, inputs_source)
     np.testing.assert_array_equal(result.flattened, keras_flat)
+    np.testing.assert_array_equal(
+        _documented_flatten(result.source, layout.data_format), result.flattened
+    )
     np.testing.assert_array_equal(layout.flatten(result.source), result.flattened)
     # flattened[n, sum(idx * strides)] == source[n, idx], for every idx.
     index = np.indices(layout.source_shape).reshape(layout.rank, -1)
@@ -121,6 +134,30 @@ def test_channels_first_flatten_after_channels_first_layer(serve_model):
     assert layout.strides == (1, 18, 3)
     assert layout.formula == "flat = h*18 + w*3 + c"
     assert layout.note == ""
+    _assert_layout_exact(result, *_keras_tensors(model, "flatten", batch))
+
+
+def test_axis_names_after_a_permute_are_not_guessed(serve_model):
+    # The Permute keeps the shape (4, 4, 4) but moves the axes: what was channels is now
+    # axis 1. Nothing upstream decides what the axes mean, so the names are only positional.
+    inputs = keras.Input((4, 4, 4))
+    x = keras.layers.Conv2D(4, 1, name="conv")(inputs)
+    x = keras.layers.Permute((3, 1, 2), name="permute")(x)
+    x = keras.layers.Flatten(name="flatten")(x)
+    model = keras.Model(inputs, keras.layers.Dense(2)(x), name="permuted")
+    server = serve_model(model)
+    batch = _batch(model)
+    with server.client() as client:
+        result = client.inspect(batch, include_source=True, coordinate_count=64)
+    layout = result.layout
+    assert layout.source_data_format == ""
+    assert layout.data_format == CHANNELS_LAST
+    assert layout.axis_names == ("height", "width", "channels")
+    assert layout.strides == (16, 4, 1)
+    assert layout.note == ""
+    np.testing.assert_array_equal(
+        result.flattened, result.source.reshape(result.source.shape[0], -1)
+    )
     _assert_layout_exact(result, *_keras_tensors(model, "flatten", batch))
 
 

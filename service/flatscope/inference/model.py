@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import zipfile
 from pathlib import Path
 
 import keras
@@ -31,6 +32,11 @@ def load(path: Path | None) -> tuple[keras.Model, str]:
         raise ModelLoadError(f"model file {file} does not exist")
     if file.suffix != ".keras":
         raise ModelLoadError(f"model file {file} is not a .keras file (Keras v3 format)")
+    if not zipfile.is_zipfile(file):
+        raise ModelLoadError(
+            f"cannot load {file}: not a Keras v3 archive (a .keras file is a zip; "
+            "this one is truncated or in another format)"
+        )
     try:
         model = keras.saving.load_model(file, compile=False, safe_mode=True)
     except Exception as exc:  # Keras raises many types; all mean "cannot serve this".

@@ -218,7 +218,7 @@ def test_help_lists_commands_and_serve_flags():
         timeout=CLI_TIMEOUT,
     )
     assert top.returncode == 0, top.stderr
-    for command in ("serve", "predict", "inspect", "metadata"):
+    for command in ("serve", "predict", "inspect", "metadata", "health"):
         assert command in top.stdout
 
     serve = flatscope("serve", "--help")
@@ -324,5 +324,20 @@ def test_client_command_without_server_exits_1():
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     result = flatscope("metadata", "--target", f"127.0.0.1:{port}", "--timeout", "5")
+    assert result.returncode == 1
+    assert_one_line_error(result.stderr, "flatscope: UNAVAILABLE: ")
+
+
+def test_health_command_exits_0_when_serving(server: ServerProcess):
+    result = flatscope("health", "--target", server.target)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "SERVING"
+
+
+def test_health_command_exits_1_without_a_server():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    result = flatscope("health", "--target", f"127.0.0.1:{port}", "--timeout", "5")
     assert result.returncode == 1
     assert_one_line_error(result.stderr, "flatscope: UNAVAILABLE: ")

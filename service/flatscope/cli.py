@@ -47,6 +47,7 @@ def _parser() -> argparse.ArgumentParser:
         ("predict", _predict, "classify an image file or random input"),
         ("inspect", _inspect, "show the Flatten layout and what enters the Dense layer"),
         ("metadata", _metadata, "print the served model's layer table"),
+        ("health", _health, "exit 0 when the server reports SERVING, 1 otherwise"),
     ):
         command = commands.add_parser(name, help=text, description=text)
         command.add_argument(
@@ -56,7 +57,7 @@ def _parser() -> argparse.ArgumentParser:
         )
         command.add_argument("--timeout", type=float, default=30.0, help="seconds per call")
         command.set_defaults(run=run)
-        if name == "metadata":
+        if name in ("metadata", "health"):
             continue
         command.add_argument("--image", type=Path, help="an image file (default: random input)")
         command.add_argument("--invert", action="store_true", help="flip dark and light in --image")
@@ -185,6 +186,22 @@ def _inspect(args: argparse.Namespace) -> None:
     for line in lines:
         print(line)
     print(f"prediction: class {result.classes[0]}")
+
+
+def _health(args: argparse.Namespace) -> int:
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    with grpc.insecure_channel(args.target) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        try:
+            reply = stub.Check(health_pb2.HealthCheckRequest(), timeout=args.timeout)
+        except grpc.RpcError as exc:
+            print(f"flatscope: {exc.code().name}: {exc.details()}", file=sys.stderr)
+            return 1
+    status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+    print(status)
+    return 0 if reply.status == health_pb2.HealthCheckResponse.SERVING else 1
 
 
 @_rpc

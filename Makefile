@@ -17,8 +17,14 @@ setup: $(STAMP)  ## create .venv with the server and the test tools
 serve: $(STAMP)  ## start the server on the embedded default model (127.0.0.1:8500)
 	$(BIN)/flatscope serve
 
+# The whole suite on TensorFlow (Keras' default backend), then the layout and
+# prediction suites again on JAX, so that both compiled paths stay honest.
+JAX_TESTS := tests/test_layout.py tests/grpc/test_inspect.py tests/grpc/test_predict.py \
+	tests/grpc/test_concurrency.py
+
 test: $(STAMP)  ## run the test suite
 	$(BIN)/python -m pytest
+	KERAS_BACKEND=jax $(BIN)/python -m pytest $(JAX_TESTS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check service tests bench deploy

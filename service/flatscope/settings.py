@@ -31,6 +31,11 @@ class Settings(BaseSettings):
     model: Path | None = Field(
         None, description="A .keras file to serve; unset serves the embedded digits model."
     )
+    device: Literal["auto", "cpu", "gpu"] = Field(
+        "auto",
+        description="Where the model runs: a GPU when there is one (auto), or as forced. "
+        "The backend is KERAS_BACKEND (tensorflow or jax).",
+    )
     model_name: str = Field(
         "", description="Name the model is served under (default: the model's own name)."
     )

@@ -95,6 +95,7 @@ class Server:
             name=self.settings.model_name,
             version=self.settings.model_version,
             max_batch_size=self.settings.max_batch_size,
+            device=self.settings.device,
         )
         served = await self.core.load(loader)
         description = served.description

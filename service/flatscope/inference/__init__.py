@@ -7,11 +7,12 @@ import logging
 import time
 from pathlib import Path
 
+import keras
 import numpy as np
 
 from flatscope.errors import ModelLoadError
 from flatscope.inference import model as keras_model
-from flatscope.inference.runner import CompiledModel, configure_devices
+from flatscope.inference.runner import CompiledModel, compile_model, configure_devices
 from flatscope.layout import FlattenLayout
 from flatscope.metadata import ModelDescription
 
@@ -35,7 +36,11 @@ class ServedModel:
 
 
 def load_served_model(
-    path: Path | None, name: str = "", version: str = "1", max_batch_size: int = 1
+    path: Path | None,
+    name: str = "",
+    version: str = "1",
+    max_batch_size: int = 1,
+    device: str = "auto",
 ) -> ServedModel:
     """Loads, compiles and warms up a model (blocking: seconds).
 
@@ -44,17 +49,18 @@ def load_served_model(
         name: Name to serve it under; empty uses the model's own name.
         version: Version to report.
         max_batch_size: Largest batch a request may carry (reported in metadata).
+        device: "auto" (a GPU when there is one), "cpu" or "gpu".
 
     Raises:
         ModelLoadError: The model cannot be served.
     """
     started = time.monotonic()
-    configure_devices()
+    configure_devices(device)
     model, source = keras_model.load(path)
     flattens = keras_model.flatten_layers(model)
     layouts = {layer.name: keras_model.layout_of(layer) for layer in flattens}
     try:
-        runner = CompiledModel(model, flattens)
+        runner = compile_model(model, flattens, device, max_batch_size)
         description = dataclasses.replace(
             keras_model.describe(model, source, name, version),
             device=runner.device,
@@ -65,7 +71,15 @@ def load_served_model(
     except ModelLoadError:
         raise
     except Exception as exc:  # the framework's own error types vary by backend
-        raise ModelLoadError(f"cannot run the model from {source}: {exc}") from exc
+        hint = ""
+        if keras_model.uses_channels_first(model) and keras.backend.backend() == "tensorflow":
+            hint = (
+                " (TensorFlow's CPU kernels run channels_first convolutions and pooling "
+                "only on a GPU: rebuild the model channels_last, or serve it with "
+                "KERAS_BACKEND=jax)"
+            )
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelLoadError(f"cannot run the model from {source}: {first_line}{hint}") from exc
     log.info(
         "model %s v%s from %s: input %s, Flatten layers %s; loaded and warmed up in %.1f s",
         description.name,
@@ -80,7 +94,7 @@ def load_served_model(
 
 def _warm_up(served: ServedModel) -> None:
     # Traces both compiled graphs so that no request pays for it.
-    for batch in (1, 2):
+    for batch in served.runner.warmup_batch_sizes:
         zeros = np.zeros((batch, *served.example_shape), dtype=np.float32)
         served.runner.run(zeros)
         if served.layouts:

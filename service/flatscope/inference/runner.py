@@ -1,9 +1,15 @@
-"""Compiled forward passes: predictions alone, or predictions with the Flatten tensors."""
+"""Compiled forward passes, per Keras backend: predictions alone, or with the Flatten tensors.
+
+Never ``model.predict``: TensorFlow runs traced concrete graphs, JAX runs ``jax.jit`` of
+the model's stateless call. Each returns the predictions and, when asked, what enters
+and leaves every Flatten layer, from one pass.
+"""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Sequence
 
 import keras
 import numpy as np
@@ -12,51 +18,24 @@ from flatscope.errors import ModelLoadError
 
 log = logging.getLogger(__name__)
 
+DEVICES = ("auto", "cpu", "gpu")
+
 
 class CompiledModel:
-    """A Keras model behind compiled calls, never ``model.predict``.
+    """A Keras model behind compiled calls.
 
-    :meth:`run` either runs the model alone, or a second graph over the same weights
-    that also returns what enters and leaves every Flatten layer, so that one pass
-    yields the prediction and the intermediate tensors.
-
-    Args:
-        model: A loaded single-input, single-output model.
-        flatten_layers: The Flatten layers ``inspect`` can report.
+    Attributes:
+        flatten_layers: Names of the Flatten layers whose tensors ``run`` returns.
+        device: Where the passes run, "cpu" or "gpu:0".
+        warmup_batch_sizes: Batch sizes to run once before serving, so that no
+            request pays for a trace or a compile.
+        gpu_memory_bytes: Reads the framework's GPU memory in use; None on the CPU.
     """
 
-    def __init__(self, model: keras.Model, flatten_layers: list[keras.layers.Layer]):
-        backend = keras.backend.backend()
-        if backend != "tensorflow":
-            raise ModelLoadError(
-                f"Keras backend {backend!r} has no compiled inference path yet; "
-                "run with KERAS_BACKEND=tensorflow"
-            )
-        import tensorflow as tf
-
-        self.flatten_layers = [layer.name for layer in flatten_layers]
-        probe_outputs = [model.outputs[0]]
-        for layer in flatten_layers:
-            probe_outputs += [layer.input, layer.output]
-        probe = keras.Model(model.inputs[0], probe_outputs, name=f"{model.name}_probe")
-        spec = [tf.TensorSpec((None, *model.inputs[0].shape[1:]), tf.float32)]
-        # One trace serves every batch size: the batch axis stays unknown. Calling the
-        # concrete graphs skips tf.function's argument binding, ~0.4 ms per call here.
-        self._predict = tf.function(
-            lambda x: model(x, training=False), input_signature=spec
-        ).get_concrete_function()
-        self._inspect = tf.function(
-            lambda x: probe(x, training=False), input_signature=spec
-        ).get_concrete_function()
-        self._to_tensor = tf.convert_to_tensor
-        gpus = tf.config.list_logical_devices("GPU")
-        self.device = "gpu:0" if gpus else "cpu"
-        # Reads the framework's GPU memory in use, in bytes; None on the CPU.
-        self.gpu_memory_bytes: Callable[[], int] | None = None
-        if gpus:
-            self.gpu_memory_bytes = lambda: tf.config.experimental.get_memory_info("GPU:0")[
-                "current"
-            ]
+    flatten_layers: list[str]
+    device: str
+    warmup_batch_sizes: tuple[int, ...]
+    gpu_memory_bytes: Callable[[], int] | None = None
 
     def run(self, inputs: np.ndarray, extras: bool = False) -> list[np.ndarray]:
         """Runs one pass over a batch.
@@ -66,20 +45,154 @@ class CompiledModel:
             ``[outputs, source_0, flattened_0, source_1, flattened_1, ...]`` for the
             Flatten layers in the order of ``flatten_layers``.
         """
+        raise NotImplementedError
+
+
+def compile_model(
+    model: keras.Model,
+    flatten_layers: Sequence[keras.layers.Layer],
+    device: str = "auto",
+    max_batch_size: int = 1,
+) -> CompiledModel:
+    """Compiles ``model`` for the Keras backend in use.
+
+    Args:
+        model: A loaded single-input, single-output model.
+        flatten_layers: The Flatten layers ``run`` can report.
+        device: "auto" (a GPU when there is one), "cpu" or "gpu".
+        max_batch_size: Largest batch ``run`` will get.
+
+    Raises:
+        ModelLoadError: The backend is not supported, or the device is not there.
+    """
+    backend = keras.backend.backend()
+    probe_outputs = [model.outputs[0]]
+    for layer in flatten_layers:
+        probe_outputs += [layer.input, layer.output]
+    probe = keras.Model(model.inputs[0], probe_outputs, name=f"{model.name}_probe")
+    names = [layer.name for layer in flatten_layers]
+    if backend == "tensorflow":
+        return _TensorFlowModel(model, probe, names, device)
+    if backend == "jax":
+        return _JaxModel(model, probe, names, device, max_batch_size)
+    raise ModelLoadError(
+        f"Keras backend {backend!r} has no compiled inference path in flatscope; "
+        "set KERAS_BACKEND to tensorflow or jax"
+    )
+
+
+def configure_devices(device: str = "auto") -> None:
+    """Prepares the backend before first use: GPU memory on demand, the device asked for.
+
+    TensorFlow grows GPU memory as needed instead of taking the whole card, and JAX does
+    not preallocate; ``device="cpu"`` hides GPUs from TensorFlow.
+    """
+    if device not in DEVICES:
+        raise ModelLoadError(f"device {device!r} is not one of {DEVICES}")
+    backend = keras.backend.backend()
+    if backend == "jax":
+        os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+        return
+    if backend != "tensorflow":
+        return
+    import tensorflow as tf
+
+    try:
+        gpus = tf.config.list_physical_devices("GPU")
+        if device == "cpu":
+            tf.config.set_visible_devices([], "GPU")
+        for gpu in gpus if device != "cpu" else ():
+            tf.config.experimental.set_memory_growth(gpu, True)
+    except RuntimeError:  # already initialised (e.g. a second model in one process)
+        log.debug("TensorFlow devices already configured")
+
+
+class _TensorFlowModel(CompiledModel):
+    def __init__(self, model: keras.Model, probe: keras.Model, names: list[str], device: str):
+        import tensorflow as tf
+
+        self.flatten_layers = names
+        gpus = tf.config.list_logical_devices("GPU")
+        if device == "gpu" and not gpus:
+            raise ModelLoadError("--device gpu, but TensorFlow sees no GPU")
+        self.device = "gpu:0" if gpus else "cpu"
+        # One trace serves every batch size: the batch axis stays unknown.
+        self.warmup_batch_sizes = (1, 2)
+        spec = [tf.TensorSpec((None, *model.inputs[0].shape[1:]), tf.float32)]
+        # Calling the concrete graphs skips tf.function's argument binding (~0.4 ms).
+        self._predict = tf.function(
+            lambda x: model(x, training=False), input_signature=spec
+        ).get_concrete_function()
+        self._inspect = tf.function(
+            lambda x: probe(x, training=False), input_signature=spec
+        ).get_concrete_function()
+        self._to_tensor = tf.convert_to_tensor
+        if gpus:
+            self.gpu_memory_bytes = lambda: tf.config.experimental.get_memory_info("GPU:0")[
+                "current"
+            ]
+
+    def run(self, inputs: np.ndarray, extras: bool = False) -> list[np.ndarray]:
         tensor = self._to_tensor(inputs)
         if not extras:
             return [self._predict(tensor).numpy()]
         return [output.numpy() for output in self._inspect(tensor)]
 
 
-def configure_devices() -> None:
-    """Lets TensorFlow grow GPU memory as needed instead of taking the whole card."""
-    if keras.backend.backend() != "tensorflow":
-        return
-    import tensorflow as tf
+class _JaxModel(CompiledModel):
+    """``jax.jit`` of the stateless call; batches are padded to a power of two.
 
-    for gpu in tf.config.list_physical_devices("GPU"):
+    jit compiles once per input shape, so batches are padded up to the next allowed
+    size (as TF Serving's ``allowed_batch_sizes``) and each size is compiled at warm-up.
+    """
+
+    def __init__(
+        self,
+        model: keras.Model,
+        probe: keras.Model,
+        names: list[str],
+        device: str,
+        max_batch_size: int,
+    ):
+        import jax
+
+        self.flatten_layers = names
         try:
-            tf.config.experimental.set_memory_growth(gpu, True)
-        except RuntimeError:  # already initialised (e.g. a second model in one process)
-            log.debug("memory growth for %s already fixed", gpu.name)
+            target = jax.devices("gpu")[0] if device == "gpu" else jax.devices()[0]
+            if device == "cpu":
+                target = jax.devices("cpu")[0]
+        except RuntimeError as exc:
+            raise ModelLoadError(f"--device {device}: JAX has no such device ({exc})") from exc
+        self._target = target
+        self.device = "cpu" if target.platform == "cpu" else f"gpu:{target.id}"
+        sizes = {1 << k for k in range(max_batch_size.bit_length()) if 1 << k <= max_batch_size}
+        self.warmup_batch_sizes = tuple(sorted(sizes | {max_batch_size}))
+        self._predict = self._compile(model)
+        self._inspect = self._compile(probe)
+        if target.platform != "cpu":
+            self.gpu_memory_bytes = lambda: int(target.memory_stats().get("bytes_in_use", 0))
+
+    def _compile(self, graph: keras.Model):
+        import jax
+
+        trainable = jax.device_put([v.value for v in graph.trainable_variables], self._target)
+        frozen = jax.device_put([v.value for v in graph.non_trainable_variables], self._target)
+
+        def forward(trainable, frozen, x):
+            outputs, _ = graph.stateless_call(trainable, frozen, x, training=False)
+            return outputs
+
+        compiled = jax.jit(forward)
+        return lambda x: compiled(trainable, frozen, x)
+
+    def run(self, inputs: np.ndarray, extras: bool = False) -> list[np.ndarray]:
+        import jax
+
+        count = len(inputs)
+        size = next((s for s in self.warmup_batch_sizes if s >= count), count)
+        if size != count:
+            padding = np.zeros((size - count, *inputs.shape[1:]), dtype=inputs.dtype)
+            inputs = np.concatenate([inputs, padding])
+        x = jax.device_put(inputs, self._target)
+        outputs = self._inspect(x) if extras else [self._predict(x)]
+        return [np.asarray(output)[:count] for output in outputs]

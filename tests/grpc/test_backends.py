@@ -1,0 +1,46 @@
+"""The same model on the JAX backend, in a real server process, agrees with TensorFlow."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from test_cli import ServerProcess
+
+from flatscope.client import Client
+
+
+@pytest.fixture(scope="module")
+def jax_server(tmp_path_factory):
+    log = tmp_path_factory.mktemp("jax") / "server.log"
+    server = ServerProcess(log, "--max-batch-size", "8", env={"KERAS_BACKEND": "jax"})
+    try:
+        yield server.start()
+    finally:
+        server.kill()
+
+
+def test_jax_backend_agrees_with_tensorflow(jax_server, default_client):
+    batch = np.random.default_rng(11).random((5, 48, 48, 3), dtype=np.float32)
+    with Client(jax_server.target) as jax_client:
+        meta = jax_client.metadata()
+        predicted = jax_client.predict(batch)
+        inspected = jax_client.inspect(batch, include_source=True)
+    assert (meta.backend, meta.device) == ("jax", "cpu")
+    reference = default_client.predict(batch)
+    np.testing.assert_allclose(predicted.outputs, reference.outputs, atol=1e-5)
+    np.testing.assert_array_equal(predicted.classes, reference.classes)
+    tf_inspected = default_client.inspect(batch, include_source=True)
+    np.testing.assert_allclose(inspected.flattened, tf_inspected.flattened, atol=1e-5)
+    np.testing.assert_allclose(inspected.source, tf_inspected.source, atol=1e-5)
+    assert inspected.layout == tf_inspected.layout
+
+
+def test_jax_server_pads_odd_batches(jax_server):
+    # 3 and 7 examples run padded to 4 and 8; each example keeps its own answer.
+    rng = np.random.default_rng(12)
+    with Client(jax_server.target) as client:
+        for count in (3, 7):
+            batch = rng.random((count, 48, 48, 3), dtype=np.float32)
+            together = client.predict(batch).outputs
+            alone = np.concatenate([client.predict(batch[i : i + 1]).outputs for i in range(count)])
+            np.testing.assert_allclose(together, alone, atol=1e-5)

@@ -1,4 +1,4 @@
-"""The same model on the JAX backend, in a real server process, agrees with TensorFlow."""
+"""The same model on the JAX and torch backends, in real server processes, agrees with TF."""
 
 from __future__ import annotations
 
@@ -9,23 +9,34 @@ from test_cli import ServerProcess
 from flatscope.client import Client
 
 
-@pytest.fixture(scope="module")
-def jax_server(tmp_path_factory):
-    log = tmp_path_factory.mktemp("jax") / "server.log"
-    server = ServerProcess(log, "--max-batch-size", "8", env={"KERAS_BACKEND": "jax"})
+def _server(tmp_path_factory, backend: str):
+    log = tmp_path_factory.mktemp(backend) / "server.log"
+    server = ServerProcess(log, "--max-batch-size", "8", env={"KERAS_BACKEND": backend})
     try:
         yield server.start()
     finally:
         server.kill()
 
 
-def test_jax_backend_agrees_with_tensorflow(jax_server, default_client):
+@pytest.fixture(scope="module")
+def jax_server(tmp_path_factory):
+    yield from _server(tmp_path_factory, "jax")
+
+
+@pytest.fixture(scope="module")
+def torch_server(tmp_path_factory):
+    yield from _server(tmp_path_factory, "torch")
+
+
+@pytest.mark.parametrize("backend", ["jax", "torch"])
+def test_backend_agrees_with_tensorflow(request, backend, default_client):
+    server = request.getfixturevalue(f"{backend}_server")
     batch = np.random.default_rng(11).random((5, 48, 48, 3), dtype=np.float32)
-    with Client(jax_server.target) as jax_client:
-        meta = jax_client.metadata()
-        predicted = jax_client.predict(batch)
-        inspected = jax_client.inspect(batch, include_source=True)
-    assert (meta.backend, meta.device) == ("jax", "cpu")
+    with Client(server.target) as other:
+        meta = other.metadata()
+        predicted = other.predict(batch)
+        inspected = other.inspect(batch, include_source=True)
+    assert (meta.backend, meta.device) == (backend, "cpu")
     reference = default_client.predict(batch)
     np.testing.assert_allclose(predicted.outputs, reference.outputs, atol=1e-5)
     np.testing.assert_array_equal(predicted.classes, reference.classes)

@@ -1,8 +1,8 @@
 """Compiled forward passes, per Keras backend: predictions alone, or with the Flatten tensors.
 
 Never ``model.predict``: TensorFlow runs traced concrete graphs, JAX runs ``jax.jit`` of
-the model's stateless call. Each returns the predictions and, when asked, what enters
-and leaves every Flatten layer, from one pass.
+the model's stateless call, PyTorch a no-grad call. Each returns the predictions and,
+when asked, what enters and leaves every Flatten layer, from one pass.
 """
 
 from __future__ import annotations
@@ -75,9 +75,11 @@ def compile_model(
         return _TensorFlowModel(model, probe, names, device)
     if backend == "jax":
         return _JaxModel(model, probe, names, device, max_batch_size)
+    if backend == "torch":
+        return _TorchModel(model, probe, names, device)
     raise ModelLoadError(
         f"Keras backend {backend!r} has no compiled inference path in flatscope; "
-        "set KERAS_BACKEND to tensorflow or jax"
+        "set KERAS_BACKEND to tensorflow, jax or torch"
     )
 
 
@@ -196,3 +198,37 @@ class _JaxModel(CompiledModel):
         x = jax.device_put(inputs, self._target)
         outputs = self._inspect(x) if extras else [self._predict(x)]
         return [np.asarray(output)[:count] for output in outputs]
+
+
+class _TorchModel(CompiledModel):
+    """A no-grad call; Keras' torch backend has put the weights on its device already."""
+
+    def __init__(self, model: keras.Model, probe: keras.Model, names: list[str], device: str):
+        import torch
+
+        self.flatten_layers = names
+        placed = str(model.weights[0].value.device) if model.weights else "cpu"
+        on_gpu = placed.startswith("cuda")
+        if device == "gpu" and not on_gpu:
+            raise ModelLoadError("--device gpu, but Keras' torch backend put the model on the CPU")
+        if device == "cpu" and on_gpu:
+            raise ModelLoadError(
+                "--device cpu with the torch backend: set KERAS_TORCH_DEVICE=cpu, which Keras "
+                "reads when it is imported"
+            )
+        self.device = "gpu:0" if on_gpu else "cpu"
+        self.warmup_batch_sizes = (1, 2)
+        self._torch = torch
+        self._placed = placed
+        self._model = model
+        self._probe = probe
+        if on_gpu:
+            self.gpu_memory_bytes = lambda: int(torch.cuda.memory_allocated())
+
+    def run(self, inputs: np.ndarray, extras: bool = False) -> list[np.ndarray]:
+        torch = self._torch
+        with torch.no_grad():
+            # A copy: request arrays are read-only views of the wire bytes.
+            x = torch.tensor(inputs, device=self._placed)
+            outputs = self._probe(x, training=False) if extras else [self._model(x, training=False)]
+        return [output.cpu().numpy() for output in outputs]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import keras
 import numpy as np
 import pytest
 from test_cli import ServerProcess
@@ -55,3 +56,55 @@ def test_jax_server_pads_odd_batches(jax_server):
             together = client.predict(batch).outputs
             alone = np.concatenate([client.predict(batch[i : i + 1]).outputs for i in range(count)])
             np.testing.assert_allclose(together, alone, atol=1e-5)
+
+
+def _channels_first_convnet() -> keras.Model:
+    return keras.Sequential(
+        [
+            keras.Input((3, 8, 8)),
+            keras.layers.Conv2D(4, 3, padding="same", data_format="channels_first"),
+            keras.layers.MaxPooling2D(2, data_format="channels_first"),
+            keras.layers.Flatten(data_format="channels_first", name="flatten"),
+            keras.layers.Dense(2),
+        ],
+        name="nchw",
+    )
+
+
+def test_channels_first_convolutions_run_on_tensorflow(serve_model):
+    # Keras transposes for TensorFlow's CPU kernels, which run NHWC only.
+    server = serve_model(_channels_first_convnet())
+    batch = np.random.default_rng(13).random((2, 3, 8, 8), dtype=np.float32)
+    with server.client() as client:
+        result = client.inspect(batch, include_source=True)
+    _assert_channels_first_layout(result)
+
+
+def test_channels_first_convolutions_run_on_jax(tmp_path):
+    path = tmp_path / "nchw.keras"
+    model = _channels_first_convnet()
+    model.save(path)
+    server = ServerProcess(
+        tmp_path / "server.log",
+        "--model",
+        str(path),
+        "--max-batch-size",
+        "4",
+        env={"KERAS_BACKEND": "jax"},
+    )
+    try:
+        server.start()
+        batch = np.random.default_rng(13).random((2, 3, 8, 8), dtype=np.float32)
+        with Client(server.target) as client:
+            result = client.inspect(batch, include_source=True)
+    finally:
+        server.kill()
+    _assert_channels_first_layout(result)
+
+
+def _assert_channels_first_layout(result) -> None:
+    layout = result.layout
+    assert layout.axis_names == ("channels", "height", "width")
+    assert layout.formula == "flat = h*16 + w*4 + c"
+    expected = np.moveaxis(result.source, 1, -1).reshape(len(result.source), -1)
+    np.testing.assert_array_equal(result.flattened, expected)

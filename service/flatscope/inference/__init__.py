@@ -7,7 +7,6 @@ import logging
 import time
 from pathlib import Path
 
-import keras
 import numpy as np
 
 from flatscope.errors import ModelLoadError
@@ -71,15 +70,9 @@ def load_served_model(
     except ModelLoadError:
         raise
     except Exception as exc:  # the framework's own error types vary by backend
-        hint = ""
-        if keras_model.uses_channels_first(model) and keras.backend.backend() == "tensorflow":
-            hint = (
-                " (TensorFlow's CPU kernels run channels_first convolutions and pooling "
-                "only on a GPU: rebuild the model channels_last, or serve it with "
-                "KERAS_BACKEND=jax)"
-            )
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelLoadError(f"cannot run the model from {source}: {first_line}{hint}") from exc
+        text = str(exc).strip()
+        first_line = text.splitlines()[0] if text else type(exc).__name__
+        raise ModelLoadError(f"cannot run the model from {source}: {first_line}") from exc
     log.info(
         "model %s v%s from %s: input %s, Flatten layers %s; loaded and warmed up in %.1f s",
         description.name,

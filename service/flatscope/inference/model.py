@@ -66,11 +66,6 @@ def flatten_layers(model: keras.Model) -> list[keras.layers.Flatten]:
     return [layer for layer in model.layers if isinstance(layer, keras.layers.Flatten)]
 
 
-def uses_channels_first(model: keras.Model) -> bool:
-    """Whether any convolution-like layer of the model is channels_first."""
-    return any(getattr(layer, "data_format", None) == "channels_first" for layer in model.layers)
-
-
 def layout_of(layer: keras.layers.Flatten) -> FlattenLayout:
     """Derives the index layout of one Flatten layer from the layer and its producer."""
     source_shape = tuple(layer.input.shape[1:])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -21,6 +21,7 @@ from flatscope.layout import FlattenLayout
 from flatscope.metrics import Metrics
 from flatscope.results import InspectResult, Prediction
 from flatscope.settings import Settings
+from flatscope.signature import NamedResult, Signature, signature_of
 
 if TYPE_CHECKING:
     from flatscope.inference import ServedModel
@@ -50,6 +51,7 @@ class ModelCore:
             max_workers=1, thread_name_prefix="flatscope-model"
         )
         self._served: ServedModel | None = None
+        self._signature: Signature | None = None
         self._batcher: Batcher | None = None
 
     @property
@@ -75,6 +77,7 @@ class ModelCore:
         self._batcher = Batcher(
             served.runner.run, config, self._executor, self._metrics, model=info.name
         )
+        self._signature = signature_of(info, served.layouts)
         self._served = served
         return served
 
@@ -85,12 +88,40 @@ class ModelCore:
         if self._owns_executor:
             self._executor.shutdown(wait=False, cancel_futures=True)
 
-    def metadata(self, model_name: str) -> ModelDescription:
-        """Describes the served model."""
-        return self._model(model_name).description
+    def is_ready(self, model_name: str = "", model_version: str = "") -> bool:
+        """True when the model so named (empty: any) is served and warmed up."""
+        served = self._served
+        if served is None:
+            return False
+        info = served.description
+        return model_name in ("", info.name) and model_version in ("", info.version)
+
+    def metadata(self, model_name: str, model_version: str = "") -> ModelDescription:
+        """Describes the served model.
+
+        Raises:
+            NotFoundError: ``model_name`` or ``model_version`` is not served.
+            NotReadyError: The model is still loading.
+        """
+        return self._model(model_name, model_version).description
+
+    def signature(self, model_name: str, model_version: str = "") -> Signature:
+        """The served model's named input and outputs (see :mod:`flatscope.signature`).
+
+        Raises:
+            NotFoundError: ``model_name`` or ``model_version`` is not served.
+            NotReadyError: The model is still loading.
+        """
+        self._model(model_name, model_version)
+        assert self._signature is not None  # set with _served
+        return self._signature
 
     async def predict(
-        self, model_name: str, inputs: tensors.TensorPayload, deadline: float | None = None
+        self,
+        model_name: str,
+        inputs: tensors.TensorPayload,
+        deadline: float | None = None,
+        model_version: str = "",
     ) -> Prediction:
         """Runs the model on a batch.
 
@@ -98,14 +129,70 @@ class ModelCore:
             model_name: The model addressed; empty for the served one.
             inputs: The batch as sent.
             deadline: ``time.monotonic()`` after which the request is dropped unrun.
+            model_version: The version addressed; empty for the served one.
 
         Raises:
-            NotFoundError: ``model_name`` is not served.
+            NotFoundError: ``model_name`` or ``model_version`` is not served.
             InvalidInputError: The batch does not fit the model or the limits.
             NotReadyError: The model is still loading.
         """
-        served = self._model(model_name)
-        batch = self._batch(served, inputs)
+        served = self._model(model_name, model_version)
+        return await self._predict(served, self._batch(served, inputs), deadline)
+
+    async def infer(
+        self,
+        model_name: str,
+        inputs: Sequence[tuple[str, tensors.TensorPayload]],
+        outputs: Sequence[str] = (),
+        model_version: str = "",
+        deadline: float | None = None,
+    ) -> NamedResult:
+        """Runs the model once for named outputs: the prediction and the Flatten tensors.
+
+        Only the prediction needs no Inspect pass; any Flatten tensor makes it one
+        (still one forward pass, possibly shared with other requests).
+
+        Args:
+            model_name: The model addressed; empty for the served one.
+            inputs: (name, tensor) pairs; the model takes exactly one, by its input name.
+            outputs: Output names (see :mod:`flatscope.signature`); empty for the prediction.
+            model_version: The version addressed; empty for the served one.
+            deadline: ``time.monotonic()`` after which the request is dropped unrun.
+
+        Raises:
+            NotFoundError: ``model_name`` or ``model_version`` is not served.
+            InvalidInputError: Inputs that are not the model's one input or do not fit,
+                or an output that is not the model's.
+            NotReadyError: The model is still loading.
+        """
+        served = self._model(model_name, model_version)
+        assert self._signature is not None  # set with _served
+        signature = self._signature
+        payload = signature.only_input(served.description.name, inputs)
+        selection = signature.select(outputs)
+        batch = tensors.to_batch(
+            f"input '{signature.input.name}'",
+            payload,
+            served.example_shape,
+            self._settings.max_batch_size,
+        )
+        if not selection.layer:
+            prediction = await self._predict(served, batch, deadline)
+            arrays = {signature.prediction.spec.name: prediction.outputs}
+            return NamedResult(prediction.model_name, prediction.model_version, arrays, None)
+        layout = served.layouts[selection.layer]
+        seen = await self._inspect(served, batch, layout, selection.include_source, 0, 0, deadline)
+        arrays = {}
+        for output in selection.outputs:
+            if not output.layer:
+                arrays[output.spec.name] = seen.outputs
+            else:
+                arrays[output.spec.name] = seen.source if output.source else seen.flattened
+        return NamedResult(seen.model_name, seen.model_version, arrays, layout)
+
+    async def _predict(
+        self, served: ServedModel, batch: np.ndarray, deadline: float | None
+    ) -> Prediction:
         outputs, *_ = await self._submit(served, batch, False, deadline)
         return Prediction(
             model_name=served.description.name,
@@ -123,21 +210,36 @@ class ModelCore:
         coordinate_start: int = 0,
         coordinate_count: int = 0,
         deadline: float | None = None,
+        model_version: str = "",
     ) -> InspectResult:
         """Runs the model once and returns what its Flatten layer saw, with the layout.
 
         The pass may be shared with other requests; its predictions come with it.
 
         Raises:
-            NotFoundError: ``model_name`` or ``layer`` is not in the served model.
+            NotFoundError: ``model_name``, ``model_version`` or ``layer`` is not served.
             InvalidInputError: Bad inputs, a layer that is no Flatten, or a coordinate
                 range outside [0, F) or longer than the limit.
             FailedPreconditionError: ``layer`` is empty and the model has no Flatten.
         """
-        served = self._model(model_name)
+        served = self._model(model_name, model_version)
         layout = self._layout(served, layer)
         self._check_coordinates(layout, coordinate_start, coordinate_count)
         batch = self._batch(served, inputs)
+        return await self._inspect(
+            served, batch, layout, include_source, coordinate_start, coordinate_count, deadline
+        )
+
+    async def _inspect(
+        self,
+        served: ServedModel,
+        batch: np.ndarray,
+        layout: FlattenLayout,
+        include_source: bool,
+        coordinate_start: int,
+        coordinate_count: int,
+        deadline: float | None,
+    ) -> InspectResult:
         outputs, *tensors_at = await self._submit(served, batch, True, deadline)
         at = 2 * served.runner.flatten_layers.index(layout.layer_name)
         return InspectResult(
@@ -161,14 +263,20 @@ class ModelCore:
         with self._metrics.in_flight.labels(served.description.name).track_inprogress():
             return await self._batcher.submit(batch, extras, deadline)
 
-    def _model(self, model_name: str) -> ServedModel:
+    def _model(self, model_name: str, model_version: str = "") -> ServedModel:
         served = self._served
         if served is None:
             raise NotReadyError("the model is still loading; retry when health is SERVING")
-        if model_name and model_name != served.description.name:
+        info = served.description
+        if model_name and model_name != info.name:
             raise NotFoundError(
                 f"model '{model_name}' is not served here; this server serves "
-                f"'{served.description.name}' (or leave model_name empty)"
+                f"'{info.name}' (or leave model_name empty)"
+            )
+        if model_version and model_version != info.version:
+            raise NotFoundError(
+                f"model '{info.name}' has no version '{model_version}'; this server serves "
+                f"version '{info.version}' (or leave the version empty)"
             )
         return served
 

@@ -24,20 +24,49 @@ UNSPECIFIED_DTYPE = "DATA_TYPE_UNSPECIFIED"
 
 
 @dataclasses.dataclass(frozen=True)
+class Wording:
+    """How a protocol names the parts of a tensor, so that messages use the client's words.
+
+    Attributes:
+        dtype: The accepted element type, e.g. "FLOAT32" (flatscope.v1) or "FP32" (KServe).
+        raw: The field carrying packed little-endian bytes.
+        values: The field carrying typed float32 values.
+        nested: True when ``raw`` and ``values`` are fields of the tensor message
+            ("inputs.raw_data"); False when a message names them beside it
+            ("input 'image': raw_input_contents").
+    """
+
+    dtype: str = ACCEPTED_DTYPE
+    raw: str = "raw_data"
+    values: str = "float_values"
+    nested: bool = True
+
+    def part(self, field: str, name: str) -> str:
+        """``name`` as a part of the tensor called ``field``, for a message."""
+        return f"{field}.{name}" if self.nested else f"{field}: {name}"
+
+
+FLATSCOPE_WORDING = Wording()
+
+
+@dataclasses.dataclass(frozen=True)
 class TensorPayload:
     """A tensor as a client sent it, before it is checked.
 
     Attributes:
-        dtype: The ``DataType`` enum name, e.g. "FLOAT32".
+        dtype: The ``DataType`` enum name, e.g. "FLOAT32"; other protocols map their
+            spelling of float32 to "FLOAT32".
         shape: The declared shape.
         raw_data: Packed little-endian row-major bytes, or empty.
         float_values: Typed values, or empty.
+        wording: The protocol's names for these fields, used in error messages.
     """
 
     dtype: str
     shape: Sequence[int]
     raw_data: bytes = b""
     float_values: Sequence[float] = ()
+    wording: Wording = FLATSCOPE_WORDING
 
 
 def to_batch(
@@ -70,7 +99,7 @@ def to_batch(
     has_raw, has_values = len(raw_data) > 0, len(float_values) > 0
     if not shape and not has_raw and not has_values:
         raise InvalidInputError(
-            f"{field} is not set; expected a {ACCEPTED_DTYPE} tensor of shape {expected}"
+            f"{field} is not set; expected a {payload.wording.dtype} tensor of shape {expected}"
         )
     if any(d < 0 for d in shape):
         raise InvalidInputError(
@@ -90,7 +119,7 @@ def to_batch(
             f"{field} has a batch of {batch}; this server takes at most {max_batch_size} "
             "examples per request (split the batch)"
         )
-    array = _decode(field, payload.dtype, shape, raw_data, float_values)
+    array = _decode(field, payload.dtype, shape, raw_data, float_values, payload.wording)
     if not np.isfinite(array).all():
         bad = int(np.argwhere(~np.isfinite(array))[0][0])
         raise InvalidInputError(
@@ -101,40 +130,45 @@ def to_batch(
 
 
 def _decode(
-    field: str, dtype: str, shape: tuple[int, ...], raw_data: bytes, float_values
+    field: str,
+    dtype: str,
+    shape: tuple[int, ...],
+    raw_data: bytes,
+    float_values,
+    wording: Wording,
 ) -> np.ndarray:
     count = math.prod(shape)
     has_raw, has_values = len(raw_data) > 0, len(float_values) > 0
+    raw, values, accepted = wording.raw, wording.values, wording.dtype
     if has_raw and has_values:
-        raise InvalidInputError(
-            f"{field} sets both raw_data and float_values; set exactly one of them"
-        )
+        raise InvalidInputError(f"{field} sets both {raw} and {values}; set exactly one of them")
     if has_values and dtype not in (ACCEPTED_DTYPE, UNSPECIFIED_DTYPE):
         raise InvalidInputError(
-            f"{field}.float_values holds FLOAT32 values but dtype is {dtype}; "
-            f"set dtype to {ACCEPTED_DTYPE}"
+            f"{wording.part(field, values)} holds {accepted} values but dtype is {dtype}; "
+            f"set dtype to {accepted}"
         )
     if has_raw and dtype != ACCEPTED_DTYPE:
         raise InvalidInputError(
-            f"{field}.dtype is {dtype}; the model takes {ACCEPTED_DTYPE} "
-            "(send raw_data as little-endian float32)"
+            f"{field}.dtype is {dtype}; the model takes {accepted} "
+            f"(send {raw} as little-endian float32)"
         )
     if not has_raw and not has_values:
         raise InvalidInputError(
-            f"{field} has neither raw_data nor float_values; set one of them "
+            f"{field} has neither {raw} nor {values}; set one of them "
             f"with the {count} elements of shape {shape}"
         )
     if has_raw:
         itemsize = DTYPES[ACCEPTED_DTYPE].itemsize
         if len(raw_data) != count * itemsize:
             raise InvalidInputError(
-                f"{field}.raw_data has {len(raw_data)} bytes; shape {shape} of "
-                f"{ACCEPTED_DTYPE} needs {count} x {itemsize} = {count * itemsize} bytes"
+                f"{wording.part(field, raw)} has {len(raw_data)} bytes; shape {shape} of "
+                f"{accepted} needs {count} x {itemsize} = {count * itemsize} bytes"
             )
         return np.frombuffer(raw_data, dtype=DTYPES[ACCEPTED_DTYPE]).reshape(shape)
     if len(float_values) != count:
         raise InvalidInputError(
-            f"{field}.float_values has {len(float_values)} values; shape {shape} needs {count}"
+            f"{wording.part(field, values)} has {len(float_values)} values; "
+            f"shape {shape} needs {count}"
         )
     return np.asarray(float_values, dtype=np.float32).reshape(shape)
 

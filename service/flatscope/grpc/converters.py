@@ -41,18 +41,27 @@ def reply_encoding(value: int) -> int:
     return value
 
 
-def within_limit(reply: Message, limit: int) -> Message:
+ASK_FOR_LESS = (
+    "send fewer examples per request, leave include_source off, or use TENSOR_ENCODING_RAW"
+)
+
+
+def within_limit(reply: Message, limit: int, ask_for_less: str = ASK_FOR_LESS) -> Message:
     """Returns ``reply`` if it fits in ``limit`` bytes.
 
+    Args:
+        reply: The reply message.
+        limit: The largest reply the server may send.
+        ask_for_less: How a client of this API asks for a smaller reply.
+
     Raises:
-        ResourceExhaustedError: It does not; the message says how to ask for less.
+        ResourceExhaustedError: It does not fit; the message says how to ask for less.
     """
     size = reply.ByteSize()
     if size > limit:
         raise ResourceExhaustedError(
             f"the reply would be {size} bytes, above this server's limit of {limit} "
-            "(--max-send-message-bytes); send fewer examples per request, leave "
-            "include_source off, or use TENSOR_ENCODING_RAW"
+            f"(--max-send-message-bytes); {ask_for_less}"
         )
     return reply
 

@@ -1,0 +1,40 @@
+"""Serving some methods of a generated service; gRPC answers UNIMPLEMENTED to the rest."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import grpc
+from google.protobuf import message_factory
+from google.protobuf.descriptor import ServiceDescriptor
+
+
+def add_unary_methods(
+    server: grpc.aio.Server, service: ServiceDescriptor, servicer: object, methods: Sequence[str]
+) -> None:
+    """Registers ``servicer``'s handlers for the unary ``methods`` of ``service``.
+
+    The generated ``add_..._to_server`` registers every method of a service, so a method
+    this server does not implement would reach the generated base class, which raises;
+    registering only what is served lets gRPC itself answer UNIMPLEMENTED.
+
+    Args:
+        server: The server to add them to (before it starts).
+        service: The service's descriptor, e.g. from the generated ``*_pb2`` module.
+        servicer: An object with one ``async def`` per method, named as the method.
+        methods: The names of the methods to serve.
+    """
+    handlers = {}
+    for name in methods:
+        method = service.methods_by_name[name]
+        request = message_factory.GetMessageClass(method.input_type)
+        response = message_factory.GetMessageClass(method.output_type)
+        handlers[name] = grpc.unary_unary_rpc_method_handler(
+            getattr(servicer, name),
+            request_deserializer=request.FromString,
+            response_serializer=response.SerializeToString,
+        )
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(service.full_name, handlers),)
+    )
+    server.add_registered_method_handlers(service.full_name, handlers)

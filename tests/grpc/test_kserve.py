@@ -1,0 +1,488 @@
+"""The Open Inference Protocol (KServe v2) through tritonclient's real gRPC client.
+
+Answers must equal flatscope's own Predict and Inspect for the same inputs; bad requests
+get the right status and message and the server keeps serving. Malformed requests go
+through tritonclient's generated stub, since its client refuses to build them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import grpc
+import numpy as np
+import pytest
+import tritonclient.grpc as triton
+from conftest import ServerThread, settings
+from google.protobuf.descriptor_pool import DescriptorPool
+from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
+    ProtoReflectionDescriptorDatabase,
+)
+from tritonclient.grpc import service_pb2 as pb
+from tritonclient.grpc import service_pb2_grpc
+from tritonclient.utils import InferenceServerException
+
+import flatscope
+from flatscope.client import Client
+
+TIMEOUT = 60.0
+SERVICE = "inference.GRPCInferenceService"
+FLAT_SIZE = 24 * 24 * 32
+SOURCE_SHAPE = (24, 24, 32)
+ALL_OUTPUTS = ["digit", "flatten", "flatten/source"]
+
+# Field numbers of every message and field this server reads or writes, as the published
+# KServe v2 grpc_predict_v2.proto numbers them. tritonclient's grpc_service.proto must agree.
+PUBLISHED_FIELDS = {
+    "ServerLiveResponse": {"live": 1},
+    "ServerReadyResponse": {"ready": 1},
+    "ModelReadyRequest": {"name": 1, "version": 2},
+    "ModelReadyResponse": {"ready": 1},
+    "ServerMetadataResponse": {"name": 1, "version": 2, "extensions": 3},
+    "ModelMetadataRequest": {"name": 1, "version": 2},
+    "ModelMetadataResponse": {"name": 1, "versions": 2, "platform": 3, "inputs": 4, "outputs": 5},
+    "ModelMetadataResponse.TensorMetadata": {"name": 1, "datatype": 2, "shape": 3},
+    "ModelInferRequest": {
+        "model_name": 1,
+        "model_version": 2,
+        "id": 3,
+        "parameters": 4,
+        "inputs": 5,
+        "outputs": 6,
+        "raw_input_contents": 7,
+    },
+    "ModelInferRequest.InferInputTensor": {
+        "name": 1,
+        "datatype": 2,
+        "shape": 3,
+        "parameters": 4,
+        "contents": 5,
+    },
+    "ModelInferRequest.InferRequestedOutputTensor": {"name": 1, "parameters": 2},
+    "ModelInferResponse": {
+        "model_name": 1,
+        "model_version": 2,
+        "id": 3,
+        "parameters": 4,
+        "outputs": 5,
+        "raw_output_contents": 6,
+    },
+    "ModelInferResponse.InferOutputTensor": {
+        "name": 1,
+        "datatype": 2,
+        "shape": 3,
+        "parameters": 4,
+        "contents": 5,
+    },
+    "InferParameter": {"bool_param": 1, "int64_param": 2, "string_param": 3},
+    "InferTensorContents": {"int_contents": 2, "fp32_contents": 6, "fp64_contents": 7},
+}
+METHODS = {
+    "ServerLive": ("ServerLiveRequest", "ServerLiveResponse"),
+    "ServerReady": ("ServerReadyRequest", "ServerReadyResponse"),
+    "ModelReady": ("ModelReadyRequest", "ModelReadyResponse"),
+    "ServerMetadata": ("ServerMetadataRequest", "ServerMetadataResponse"),
+    "ModelMetadata": ("ModelMetadataRequest", "ModelMetadataResponse"),
+    "ModelInfer": ("ModelInferRequest", "ModelInferResponse"),
+}
+
+
+def images(batch: int = 1, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).random((batch, 48, 48, 3), dtype=np.float32)
+
+
+def infer_input(array: np.ndarray, name: str = "image") -> triton.InferInput:
+    """An FP32 input that tritonclient sends as raw_input_contents."""
+    tensor = triton.InferInput(name, list(array.shape), "FP32")
+    tensor.set_data_from_numpy(array)
+    return tensor
+
+
+def raw_request(array: np.ndarray, *outputs: str, **fields) -> pb.ModelInferRequest:
+    """A ModelInferRequest with ``array`` in raw_input_contents."""
+    request = pb.ModelInferRequest(model_name="digits", **fields)
+    request.inputs.add(name="image", datatype="FP32", shape=array.shape)
+    request.raw_input_contents.append(np.ascontiguousarray(array, "<f4").tobytes())
+    for name in outputs:
+        request.outputs.add(name=name)
+    return request
+
+
+def typed_request(array: np.ndarray, *outputs: str) -> pb.ModelInferRequest:
+    """A ModelInferRequest with ``array`` in contents.fp32_contents."""
+    request = pb.ModelInferRequest(model_name="digits")
+    tensor = request.inputs.add(name="image", datatype="FP32", shape=array.shape)
+    tensor.contents.fp32_contents.extend(array.ravel().tolist())
+    for name in outputs:
+        request.outputs.add(name=name)
+    return request
+
+
+@pytest.fixture(scope="module")
+def client(default_server: ServerThread) -> Iterator[triton.InferenceServerClient]:
+    client = triton.InferenceServerClient(default_server.target)
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="module")
+def stub(default_server: ServerThread) -> Iterator[service_pb2_grpc.GRPCInferenceServiceStub]:
+    with grpc.insecure_channel(default_server.target) as channel:
+        yield service_pb2_grpc.GRPCInferenceServiceStub(channel)
+
+
+@pytest.fixture(scope="module")
+def own(default_server: ServerThread) -> Iterator[Client]:
+    with default_server.client() as client:
+        yield client
+
+
+def test_tritonclient_protos_use_the_published_kserve_field_numbers():
+    for path, fields in PUBLISHED_FIELDS.items():
+        outer, _, inner = path.partition(".")
+        message = pb.DESCRIPTOR.message_types_by_name[outer]
+        if inner:
+            message = message.nested_types_by_name[inner]
+        numbers = {field.name: field.number for field in message.fields}
+        assert {name: numbers.get(name) for name in fields} == fields, path
+    assert pb.DESCRIPTOR.package == "inference"
+    service = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"]
+    assert service.full_name == SERVICE
+    for name, (request, response) in METHODS.items():
+        method = service.methods_by_name[name]
+        assert (method.input_type.name, method.output_type.name) == (request, response)
+
+
+def test_liveness_and_readiness(client):
+    assert client.is_server_live()
+    assert client.is_server_ready()
+    assert client.is_model_ready("digits")
+    assert client.is_model_ready("digits", "1")
+    assert not client.is_model_ready("no-such-model")
+    assert not client.is_model_ready("digits", "2")
+
+
+def test_readiness_follows_the_model_warm_up():
+    server = ServerThread(settings())
+    try:
+        client = triton.InferenceServerClient(server.target)
+        assert client.is_server_live()
+        assert not client.is_server_ready()
+        assert not client.is_model_ready("digits")
+        with pytest.raises(InferenceServerException) as caught:
+            client.infer("digits", [infer_input(images())])
+        assert caught.value.status() == "StatusCode.UNAVAILABLE"
+        assert "still loading" in caught.value.message()
+        server.load_model()
+        assert client.is_server_ready()
+        assert client.is_model_ready("digits")
+        client.close()
+    finally:
+        server.stop()
+
+
+def test_server_metadata(client):
+    metadata = client.get_server_metadata()
+    assert metadata.name == "flatscope"
+    assert metadata.version == flatscope.__version__
+    assert list(metadata.extensions) == []
+
+
+def test_model_metadata_lists_the_prediction_and_the_flatten_tensors(client, own):
+    metadata = client.get_model_metadata("digits", "1")
+    description = own.metadata()
+    assert metadata.name == description.name == "digits"
+    assert list(metadata.versions) == [description.version]
+    assert metadata.platform == f"keras_{description.backend}"
+    shapes = {t.name: (t.datatype, list(t.shape)) for t in metadata.inputs}
+    assert shapes == {"image": ("FP32", [-1, 48, 48, 3])}
+    shapes = {t.name: (t.datatype, list(t.shape)) for t in metadata.outputs}
+    assert shapes == {
+        "digit": ("FP32", [-1, 10]),
+        "flatten": ("FP32", [-1, FLAT_SIZE]),
+        "flatten/source": ("FP32", [-1, *SOURCE_SHAPE]),
+    }
+    assert description.outputs[0].name == "digit"
+    assert description.flatten_layers == ("flatten",)
+
+
+def test_infer_raw_returns_the_prediction_only_and_equals_predict(client, own):
+    array = images(3, seed=1)
+    result = client.infer("digits", [infer_input(array)], request_id="req-7")
+    response = result.get_response()
+    assert [output.name for output in response.outputs] == ["digit"]
+    assert response.id == "req-7"
+    assert (response.model_name, response.model_version) == ("digits", "1")
+    assert len(response.raw_output_contents) == 1
+    assert dict(response.parameters) == {}
+    np.testing.assert_array_equal(result.as_numpy("digit"), own.predict(array).outputs)
+
+
+def test_infer_requested_flatten_tensors_equal_inspect(client, own):
+    array = images(2, seed=2)
+    requested = [triton.InferRequestedOutput(name) for name in ALL_OUTPUTS]
+    result = client.infer("digits", [infer_input(array)], outputs=requested)
+    seen = own.inspect(array, include_source=True)
+    np.testing.assert_array_equal(result.as_numpy("digit"), seen.outputs)
+    np.testing.assert_array_equal(result.as_numpy("flatten"), seen.flattened)
+    np.testing.assert_array_equal(result.as_numpy("flatten/source"), seen.source)
+    assert result.as_numpy("flatten").shape == (2, FLAT_SIZE)
+    assert result.as_numpy("flatten/source").shape == (2, *SOURCE_SHAPE)
+    parameters = result.get_response().parameters
+    layout = seen.layout
+    assert parameters["layer_name"].string_param == "flatten"
+    assert parameters["data_format"].string_param == layout.data_format == "channels_last"
+    assert parameters["source_shape"].string_param == "24,24,32"
+    assert parameters["axis_names"].string_param == "height,width,channels"
+    assert parameters["strides"].string_param == "768,32,1"
+    assert parameters["flat_order"].string_param == "height,width,channels"
+    assert parameters["flat_size"].int64_param == FLAT_SIZE
+    assert parameters["formula"].string_param == layout.formula == "flat = h*768 + w*32 + c"
+    assert parameters["source_data_format"].string_param == "channels_last"
+    strides = tuple(int(s) for s in parameters["strides"].string_param.split(","))
+    assert strides == layout.strides
+
+
+def test_infer_only_the_flatten_output_in_the_order_asked(client, own):
+    array = images(1, seed=3)
+    requested = [triton.InferRequestedOutput(n) for n in ("flatten", "digit", "flatten")]
+    result = client.infer("digits", [infer_input(array)], outputs=requested)
+    assert [output.name for output in result.get_response().outputs] == ["flatten", "digit"]
+    np.testing.assert_array_equal(result.as_numpy("flatten"), own.inspect(array).flattened)
+
+
+def test_typed_contents_get_typed_contents_equal_to_raw(stub):
+    array = images(2, seed=4)
+    typed = stub.ModelInfer(typed_request(array, *ALL_OUTPUTS), timeout=TIMEOUT)
+    raw = stub.ModelInfer(raw_request(array, *ALL_OUTPUTS), timeout=TIMEOUT)
+    assert len(typed.raw_output_contents) == 0
+    assert len(raw.raw_output_contents) == 3
+    for k, (t, r) in enumerate(zip(typed.outputs, raw.outputs, strict=True)):
+        assert t.name == r.name == ALL_OUTPUTS[k]
+        assert list(t.shape) == list(r.shape)
+        assert t.datatype == r.datatype == "FP32"
+        np.testing.assert_array_equal(
+            np.asarray(t.contents.fp32_contents, np.float32),
+            np.frombuffer(raw.raw_output_contents[k], "<f4"),
+        )
+
+
+def test_unimplemented_triton_methods_are_unimplemented(stub):
+    with pytest.raises(grpc.RpcError) as caught:
+        stub.ModelConfig(pb.ModelConfigRequest(name="digits"), timeout=TIMEOUT)
+    assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
+
+def test_reflection_describes_the_service(default_server):
+    with grpc.insecure_channel(default_server.target) as channel:
+        database = ProtoReflectionDescriptorDatabase(channel)
+        assert SERVICE in set(database.get_services())
+        service = DescriptorPool(database).FindServiceByName(SERVICE)
+        assert "ModelInfer" in service.methods_by_name
+
+
+def test_requests_through_each_api_share_one_batcher_and_the_metrics(default_server, client):
+    registry = default_server.registry
+
+    def sample(name: str, **labels) -> float:
+        return registry.get_sample_value(name, labels) or 0.0
+
+    handled = {"grpc_method": "ModelInfer", "grpc_type": "unary", "grpc_code": "OK"}
+    before = (
+        sample("grpc_server_handled_total", grpc_service=SERVICE, **handled),
+        sample("flatscope_batch_size_count", model="digits"),
+    )
+    client.infer("digits", [infer_input(images())])
+    after = (
+        sample("grpc_server_handled_total", grpc_service=SERVICE, **handled),
+        sample("flatscope_batch_size_count", model="digits"),
+    )
+    assert after[0] == before[0] + 1
+    assert after[1] == before[1] + 1
+
+
+ONE = (1, 48, 48, 3)
+ONE_BYTES = 48 * 48 * 3 * 4
+NAN = images()
+NAN[0, 1, 2, 0] = np.nan
+
+
+def request_with(mutate) -> pb.ModelInferRequest:
+    request = raw_request(images())
+    mutate(request)
+    return request
+
+
+def _typed_as(datatype: str, field: str, values):
+    def mutate(request):
+        request.ClearField("raw_input_contents")
+        request.inputs[0].datatype = datatype
+        getattr(request.inputs[0].contents, field).extend(values)
+
+    return mutate
+
+
+def _set(name=None, datatype=None, shape=None, raw=None, outputs=(), **request_fields):
+    """Changes the one input's ``name``, ``datatype``, ``shape``, the ``raw`` contents,
+    adds requested ``outputs``, and sets request fields."""
+
+    def mutate(request):
+        tensor = request.inputs[0]
+        if name is not None:
+            tensor.name = name
+        if datatype is not None:
+            tensor.datatype = datatype
+        if shape is not None:
+            tensor.ClearField("shape")
+            tensor.shape.extend(shape)
+        if raw is not None:
+            request.ClearField("raw_input_contents")
+            request.raw_input_contents.extend(raw)
+        for output in outputs:
+            request.outputs.add(name=output)
+        for key, value in request_fields.items():
+            setattr(request, key, value)
+
+    return mutate
+
+
+def _both(request):
+    request.inputs[0].contents.fp32_contents.extend([0.0] * (ONE_BYTES // 4))
+
+
+def _neither(request):
+    request.ClearField("raw_input_contents")
+
+
+def _two_inputs(request):
+    request.inputs.add(name="other", datatype="FP32", shape=ONE)
+    request.raw_input_contents.append(bytes(ONE_BYTES))
+
+
+def _no_inputs(request):
+    request.ClearField("inputs")
+    request.ClearField("raw_input_contents")
+
+
+def _classification(request):
+    request.outputs.add(name="digit").parameters["classification"].int64_param = 3
+
+
+def _shared_memory(request):
+    request.inputs[0].parameters["shared_memory_region"].string_param = "region"
+
+
+INVALID = [
+    pytest.param(
+        _set(datatype="FP64", raw=[bytes(ONE_BYTES * 2)]),
+        ["input 'image' has datatype 'FP64'", "FP32", "raw_input_contents"],
+        id="fp64",
+    ),
+    pytest.param(
+        _typed_as("INT32", "int_contents", [0] * (ONE_BYTES // 4)),
+        ["datatype 'INT32'", "takes FP32"],
+        id="int32-contents",
+    ),
+    pytest.param(
+        _typed_as("FP32", "int_contents", [0] * (ONE_BYTES // 4)),
+        ["contents.int_contents", "contents.fp32_contents"],
+        id="fp32-in-int-contents",
+    ),
+    pytest.param(_set(datatype=""), ["datatype ''", "FP32"], id="no-datatype"),
+    pytest.param(
+        _set(shape=[1, 28, 28, 3], raw=[bytes(28 * 28 * 3 * 4)]),
+        ["input 'image' shape (1, 28, 28, 3) does not match (batch, 48, 48, 3)"],
+        id="wrong-shape",
+    ),
+    pytest.param(
+        _set(shape=[48, 48, 3]),
+        ["input 'image' shape (48, 48, 3) has rank 3", "(batch, 48, 48, 3)"],
+        id="no-batch-axis",
+    ),
+    pytest.param(
+        _set(raw=[bytes(ONE_BYTES - 4)]),
+        [
+            f"input 'image': raw_input_contents has {ONE_BYTES - 4} bytes",
+            f"= {ONE_BYTES} bytes",
+        ],
+        id="raw-too-short",
+    ),
+    pytest.param(
+        _typed_as("FP32", "fp32_contents", [0.5] * 10),
+        ["input 'image': contents.fp32_contents has 10 values", "needs 6912"],
+        id="contents-wrong-count",
+    ),
+    pytest.param(_both, ["both raw_input_contents and contents.fp32_contents"], id="both"),
+    pytest.param(_neither, ["neither raw_input_contents nor contents.fp32_contents"], id="neither"),
+    pytest.param(
+        _set(raw=[bytes(ONE_BYTES), bytes(ONE_BYTES)]),
+        ["raw_input_contents has 2 entries for 1 inputs"],
+        id="raw-count",
+    ),
+    pytest.param(
+        _set(name="pixels"),
+        ["input 'pixels' is not an input of model 'digits'", "'image' of shape (batch, 48"],
+        id="unknown-input",
+    ),
+    pytest.param(_two_inputs, ["takes one input, 'image'", "got 2"], id="two-inputs"),
+    pytest.param(_no_inputs, ["takes one input, 'image'", "got 0"], id="no-inputs"),
+    pytest.param(
+        lambda r: r.raw_input_contents.__setitem__(0, NAN.tobytes()),
+        ["NaN or infinite", "example 0"],
+        id="nan",
+    ),
+    pytest.param(
+        _set(outputs=["probabilities"]),
+        ["output 'probabilities' is not an output", "'digit', 'flatten', 'flatten/source'"],
+        id="unknown-output",
+    ),
+    pytest.param(_classification, ["parameter 'classification'"], id="classification"),
+    pytest.param(_shared_memory, ["parameter 'shared_memory_region'"], id="shared-memory"),
+]
+
+
+def assert_serving(stub) -> None:
+    reply = stub.ModelInfer(raw_request(images()), timeout=TIMEOUT)
+    assert [output.name for output in reply.outputs] == ["digit"]
+
+
+def rejected(call, request, code: grpc.StatusCode, *fragments: str) -> None:
+    with pytest.raises(grpc.RpcError) as caught:
+        call(request, timeout=TIMEOUT)
+    details = caught.value.details()
+    assert caught.value.code() == code, details
+    for fragment in fragments:
+        assert fragment in details, f"{fragment!r} not in {details!r}"
+
+
+@pytest.mark.parametrize(("mutate", "fragments"), INVALID)
+def test_bad_requests_are_invalid_argument(stub, mutate, fragments):
+    rejected(stub.ModelInfer, request_with(mutate), grpc.StatusCode.INVALID_ARGUMENT, *fragments)
+    assert_serving(stub)
+
+
+@pytest.mark.parametrize(
+    ("mutate", "fragments"),
+    [
+        pytest.param(_set(model_name="no-such-model"), ["'no-such-model'", "'digits'"], id="model"),
+        pytest.param(_set(model_version="2"), ["no version '2'", "version '1'"], id="version"),
+    ],
+)
+def test_unknown_model_or_version_is_not_found(stub, mutate, fragments):
+    rejected(stub.ModelInfer, request_with(mutate), grpc.StatusCode.NOT_FOUND, *fragments)
+    metadata = pb.ModelMetadataRequest(name="no-such-model")
+    rejected(stub.ModelMetadata, metadata, grpc.StatusCode.NOT_FOUND, "'no-such-model'")
+    assert_serving(stub)
+
+
+def test_the_client_reports_status_and_message(client):
+    with pytest.raises(InferenceServerException) as caught:
+        client.infer("digits", [infer_input(np.zeros((1, 28, 28, 3), np.float32))])
+    assert caught.value.status() == "StatusCode.INVALID_ARGUMENT"
+    assert "(1, 28, 28, 3) does not match (batch, 48, 48, 3)" in caught.value.message()
+    with pytest.raises(InferenceServerException) as caught:
+        client.infer("digits", [infer_input(images())], outputs=[triton.InferRequestedOutput("x")])
+    assert caught.value.status() == "StatusCode.INVALID_ARGUMENT"
+    assert "output 'x' is not an output" in caught.value.message()
+    result = client.infer("digits", [infer_input(images())])
+    assert result.as_numpy("digit").shape == (1, 10)

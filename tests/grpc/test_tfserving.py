@@ -1,0 +1,300 @@
+"""TF Serving's PredictionService through tensorflow-serving-api's real stubs.
+
+Tensors are built and read with TensorFlow's own ``tf.make_tensor_proto`` and
+``tf.make_ndarray``, as TF Serving clients do. Answers must equal flatscope's own
+Predict and Inspect; bad requests get the right status and message and the server keeps
+serving.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import grpc
+import numpy as np
+import pytest
+import tensorflow as tf
+from conftest import ServerThread
+from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
+from tensorflow_serving.apis import (
+    classification_pb2,
+    get_model_metadata_pb2,
+    predict_pb2,
+)
+from tensorflow_serving.apis.prediction_service_pb2_grpc import PredictionServiceStub
+
+from flatscope.client import Client
+
+TIMEOUT = 60.0
+SERVICE = "tensorflow.serving.PredictionService"
+FLAT_SIZE = 24 * 24 * 32
+SOURCE_SHAPE = (24, 24, 32)
+ALL_OUTPUTS = ["digit", "flatten", "flatten/source"]
+
+
+def images(batch: int = 1, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).random((batch, 48, 48, 3), dtype=np.float32)
+
+
+def predict_request(array: np.ndarray, *output_filter: str, **spec) -> predict_pb2.PredictRequest:
+    """A PredictRequest for the default model; make_tensor_proto sends tensor_content."""
+    request = predict_pb2.PredictRequest(output_filter=output_filter)
+    request.model_spec.name = spec.pop("name", "digits")
+    for key, value in spec.items():
+        if key == "version":
+            request.model_spec.version.value = value
+        else:
+            setattr(request.model_spec, key, value)
+    request.inputs["image"].CopyFrom(tf.make_tensor_proto(array))
+    return request
+
+
+def float_val_proto(array: np.ndarray) -> tensor_pb2.TensorProto:
+    """``array`` as typed float_val, the other way TF Serving clients send tensors."""
+    return tensor_pb2.TensorProto(
+        dtype=types_pb2.DT_FLOAT,
+        tensor_shape=tensor_shape_pb2.TensorShapeProto(
+            dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=d) for d in array.shape]
+        ),
+        float_val=array.ravel().tolist(),
+    )
+
+
+@pytest.fixture(scope="module")
+def stub(default_server: ServerThread) -> Iterator[PredictionServiceStub]:
+    with grpc.insecure_channel(default_server.target) as channel:
+        yield PredictionServiceStub(channel)
+
+
+@pytest.fixture(scope="module")
+def own(default_server: ServerThread) -> Iterator[Client]:
+    with default_server.client() as client:
+        yield client
+
+
+def test_predict_without_output_filter_returns_the_prediction_equal_to_predict(stub, own):
+    array = images(3, seed=1)
+    reply = stub.Predict(predict_request(array), timeout=TIMEOUT)
+    assert list(reply.outputs) == ["digit"]
+    assert reply.model_spec.name == "digits"
+    assert reply.model_spec.version.value == 1
+    assert reply.model_spec.signature_name == "serving_default"
+    assert reply.outputs["digit"].tensor_content  # raw in, raw out
+    np.testing.assert_array_equal(
+        tf.make_ndarray(reply.outputs["digit"]), own.predict(array).outputs
+    )
+
+
+def test_predict_with_output_filter_returns_the_flatten_tensors_equal_to_inspect(stub, own):
+    array = images(2, seed=2)
+    reply = stub.Predict(
+        predict_request(array, *ALL_OUTPUTS, version=1, signature_name="serving_default"),
+        timeout=TIMEOUT,
+    )
+    assert sorted(reply.outputs) == sorted(ALL_OUTPUTS)
+    seen = own.inspect(array, include_source=True)
+    np.testing.assert_array_equal(tf.make_ndarray(reply.outputs["digit"]), seen.outputs)
+    np.testing.assert_array_equal(tf.make_ndarray(reply.outputs["flatten"]), seen.flattened)
+    np.testing.assert_array_equal(tf.make_ndarray(reply.outputs["flatten/source"]), seen.source)
+    assert tf.make_ndarray(reply.outputs["flatten/source"]).shape == (2, *SOURCE_SHAPE)
+
+
+def test_output_filter_selects_among_the_outputs(stub, own):
+    array = images(1, seed=3)
+    reply = stub.Predict(predict_request(array, "flatten"), timeout=TIMEOUT)
+    assert list(reply.outputs) == ["flatten"]
+    flattened = tf.make_ndarray(reply.outputs["flatten"])
+    assert flattened.shape == (1, FLAT_SIZE)
+    np.testing.assert_array_equal(flattened, own.inspect(array).flattened)
+
+
+def test_float_val_inputs_get_float_val_outputs_equal_to_tensor_content(stub):
+    array = images(2, seed=4)
+    typed_request = predict_pb2.PredictRequest(output_filter=ALL_OUTPUTS)
+    typed_request.inputs["image"].CopyFrom(float_val_proto(array))
+    typed = stub.Predict(typed_request, timeout=TIMEOUT)
+    raw = stub.Predict(predict_request(array, *ALL_OUTPUTS), timeout=TIMEOUT)
+    for name in ALL_OUTPUTS:
+        assert typed.outputs[name].tensor_content == b""
+        assert len(typed.outputs[name].float_val) > 0
+        np.testing.assert_array_equal(
+            tf.make_ndarray(typed.outputs[name]), tf.make_ndarray(raw.outputs[name])
+        )
+
+
+def test_model_metadata_has_the_serving_default_signature(stub, own):
+    request = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
+    request.model_spec.name = "digits"
+    reply = stub.GetModelMetadata(request, timeout=TIMEOUT)
+    assert reply.model_spec.name == "digits"
+    assert reply.model_spec.version.value == int(own.metadata().version)
+    definitions = get_model_metadata_pb2.SignatureDefMap()
+    assert reply.metadata["signature_def"].Unpack(definitions)
+    assert list(definitions.signature_def) == ["serving_default"]
+    signature = definitions.signature_def["serving_default"]
+    assert signature.method_name == "tensorflow/serving/predict"
+
+    def shapes(infos):
+        return {
+            name: (info.dtype, [d.size for d in info.tensor_shape.dim])
+            for name, info in infos.items()
+        }
+
+    assert shapes(signature.inputs) == {"image": (types_pb2.DT_FLOAT, [-1, 48, 48, 3])}
+    assert shapes(signature.outputs) == {
+        "digit": (types_pb2.DT_FLOAT, [-1, 10]),
+        "flatten": (types_pb2.DT_FLOAT, [-1, FLAT_SIZE]),
+        "flatten/source": (types_pb2.DT_FLOAT, [-1, *SOURCE_SHAPE]),
+    }
+
+
+def test_classify_is_unimplemented(stub):
+    with pytest.raises(grpc.RpcError) as caught:
+        stub.Classify(classification_pb2.ClassificationRequest(), timeout=TIMEOUT)
+    assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
+
+def test_requests_are_measured_under_their_service(default_server, stub):
+    registry = default_server.registry
+    labels = {
+        "grpc_service": SERVICE,
+        "grpc_method": "Predict",
+        "grpc_type": "unary",
+        "grpc_code": "OK",
+    }
+    before = registry.get_sample_value("grpc_server_handled_total", labels) or 0.0
+    stub.Predict(predict_request(images()), timeout=TIMEOUT)
+    assert registry.get_sample_value("grpc_server_handled_total", labels) == before + 1
+
+
+def assert_serving(stub) -> None:
+    reply = stub.Predict(predict_request(images()), timeout=TIMEOUT)
+    assert tf.make_ndarray(reply.outputs["digit"]).shape == (1, 10)
+
+
+def rejected(call, request, code: grpc.StatusCode, *fragments: str) -> None:
+    with pytest.raises(grpc.RpcError) as caught:
+        call(request, timeout=TIMEOUT)
+    details = caught.value.details()
+    assert caught.value.code() == code, details
+    for fragment in fragments:
+        assert fragment in details, f"{fragment!r} not in {details!r}"
+
+
+def with_input(proto: tensor_pb2.TensorProto, name: str = "image") -> predict_pb2.PredictRequest:
+    request = predict_pb2.PredictRequest()
+    request.inputs[name].CopyFrom(proto)
+    return request
+
+
+ONE_COUNT = 48 * 48 * 3
+SHORT = tf.make_tensor_proto(images())
+SHORT.tensor_content = SHORT.tensor_content[:-4]
+BOTH = tf.make_tensor_proto(images())
+BOTH.float_val.extend([0.0] * ONE_COUNT)
+UNKNOWN_RANK = tensor_pb2.TensorProto(
+    dtype=types_pb2.DT_FLOAT, tensor_shape=tensor_shape_pb2.TensorShapeProto(unknown_rank=True)
+)
+NAN = images()
+NAN[0, 3, 4, 1] = np.nan
+SHAPE_ONE = tensor_shape_pb2.TensorShapeProto(
+    dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=d) for d in (1, 48, 48, 3)]
+)
+FEW_VALUES = tensor_pb2.TensorProto(dtype=types_pb2.DT_FLOAT, tensor_shape=SHAPE_ONE)
+FEW_VALUES.float_val.extend([0.5] * 10)
+TWO_INPUTS = with_input(tf.make_tensor_proto(images()))
+TWO_INPUTS.inputs["mask"].CopyFrom(tf.make_tensor_proto(images()))
+
+INVALID = [
+    pytest.param(
+        with_input(tf.make_tensor_proto(images().astype(np.float64))),
+        ["input 'image' has dtype DT_DOUBLE", "DT_FLOAT", "tensor_content", "float_val"],
+        id="float64",
+    ),
+    pytest.param(
+        with_input(tf.make_tensor_proto(np.zeros((1, 48, 48, 3), np.int32))),
+        ["dtype DT_INT32", "DT_FLOAT"],
+        id="int32",
+    ),
+    pytest.param(
+        with_input(tf.make_tensor_proto(np.zeros((1, 28, 28, 3), np.float32))),
+        ["input 'image' shape (1, 28, 28, 3) does not match (batch, 48, 48, 3)"],
+        id="wrong-shape",
+    ),
+    pytest.param(
+        with_input(tf.make_tensor_proto(np.zeros((48, 48, 3), np.float32))),
+        ["shape (48, 48, 3) has rank 3", "(batch, 48, 48, 3)"],
+        id="no-batch-axis",
+    ),
+    pytest.param(
+        with_input(SHORT),
+        [f"input 'image': tensor_content has {ONE_COUNT * 4 - 4} bytes", "DT_FLOAT needs"],
+        id="tensor-content-too-short",
+    ),
+    pytest.param(
+        with_input(FEW_VALUES),
+        ["input 'image': float_val has 10 values", f"needs {ONE_COUNT}"],
+        id="float-val-wrong-count",
+    ),
+    pytest.param(with_input(BOTH), ["both tensor_content and float_val", "exactly one"], id="both"),
+    pytest.param(
+        with_input(tensor_pb2.TensorProto(dtype=types_pb2.DT_FLOAT, tensor_shape=SHAPE_ONE)),
+        ["neither tensor_content nor float_val", f"{ONE_COUNT} elements"],
+        id="neither",
+    ),
+    pytest.param(with_input(UNKNOWN_RANK), ["unknown_rank", "send its dims"], id="unknown-rank"),
+    pytest.param(with_input(tf.make_tensor_proto(NAN)), ["NaN or infinite", "example 0"], id="nan"),
+    pytest.param(
+        with_input(tf.make_tensor_proto(images()), name="pixels"),
+        ["input 'pixels' is not an input of model 'digits'", "'image' of shape (batch, 48"],
+        id="unknown-input",
+    ),
+    pytest.param(TWO_INPUTS, ["takes one input, 'image'", "got 2"], id="two-inputs"),
+    pytest.param(predict_pb2.PredictRequest(), ["takes one input", "got 0"], id="no-inputs"),
+    pytest.param(
+        predict_request(images(), "probabilities"),
+        ["output 'probabilities' is not an output", "'digit', 'flatten', 'flatten/source'"],
+        id="unknown-output",
+    ),
+]
+
+
+@pytest.mark.parametrize(("request_", "fragments"), INVALID)
+def test_bad_predict_requests_are_invalid_argument(stub, request_, fragments):
+    rejected(stub.Predict, request_, grpc.StatusCode.INVALID_ARGUMENT, *fragments)
+    assert_serving(stub)
+
+
+@pytest.mark.parametrize(
+    ("spec", "fragments"),
+    [
+        pytest.param({"name": "no-such-model"}, ["'no-such-model'", "'digits'"], id="model"),
+        pytest.param({"version": 2}, ["no version '2'", "version '1'"], id="version"),
+        pytest.param(
+            {"signature_name": "predict_images"},
+            ["signature 'predict_images' is not served", "'serving_default'"],
+            id="signature",
+        ),
+        pytest.param(
+            {"version_label": "stable"}, ["version label 'stable'", "no version labels"], id="label"
+        ),
+    ],
+)
+def test_unknown_model_version_or_signature_is_not_found(stub, spec, fragments):
+    rejected(stub.Predict, predict_request(images(), **spec), grpc.StatusCode.NOT_FOUND, *fragments)
+    metadata = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
+    metadata.model_spec.CopyFrom(predict_request(images(), **spec).model_spec)
+    rejected(stub.GetModelMetadata, metadata, grpc.StatusCode.NOT_FOUND, *fragments)
+    assert_serving(stub)
+
+
+def test_unsupported_metadata_field_is_invalid_argument(stub):
+    request = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def", "x"])
+    rejected(
+        stub.GetModelMetadata,
+        request,
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "metadata_field 'x' is not supported",
+        "'signature_def'",
+    )
+    assert_serving(stub)

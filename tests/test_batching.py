@@ -290,3 +290,84 @@ def test_batching_off_runs_each_request_alone(executor):
 
     run(scenario())
     assert model.batch_sizes() == [1, 2, 2, 2, 2]
+
+
+def test_a_cancelled_request_frees_its_room_in_the_queue_at_once(executor):
+    model = Model()
+    metrics = Metrics(CollectorRegistry(), process=False)
+    config = BatchingConfig(max_batch_size=4, max_enqueued_batches=1)
+
+    async def scenario():
+        batcher = Batcher(model, config, executor, metrics, model="m")
+        model.hold()
+        running = asyncio.create_task(batcher.submit(_examples(0, 1)))
+        await _wait_for_pass(model)
+        gone = asyncio.create_task(batcher.submit(_examples(10, 4)))  # fills the queue
+        await asyncio.sleep(0)
+        gone.cancel()
+        await asyncio.gather(gone, return_exceptions=True)
+        # Room again while the model is still busy: the cancelled request left the queue.
+        kept = asyncio.create_task(batcher.submit(_examples(20, 4)))
+        await asyncio.sleep(0)
+        model.gate.set()
+        await asyncio.gather(running, kept)
+        await batcher.close()
+
+    run(scenario())
+    seen = np.concatenate([inputs for inputs, _ in model.passes])[:, 0].tolist()
+    assert seen == [0, 20, 21, 22, 23]
+    labels = {"model": "m", "reason": "cancelled"}
+    assert metrics.registry.get_sample_value("flatscope_requests_dropped_total", labels) == 1
+    labels["reason"] = "queue_full"
+    assert metrics.registry.get_sample_value("flatscope_requests_dropped_total", labels) is None
+
+
+def test_a_request_cancelled_at_its_deadline_counts_as_a_deadline_drop(executor):
+    # gRPC cancels the handler of a call whose deadline passed, before the batcher looks.
+    model = Model()
+    metrics = Metrics(CollectorRegistry(), process=False)
+
+    async def scenario():
+        batcher = Batcher(model, BatchingConfig(), executor, metrics, model="m")
+        model.hold()
+        running = asyncio.create_task(batcher.submit(_examples(0, 1)))
+        await _wait_for_pass(model)
+        late = asyncio.create_task(batcher.submit(_examples(5, 1), deadline=time.monotonic()))
+        gone = asyncio.create_task(batcher.submit(_examples(6, 1), deadline=time.monotonic() + 60))
+        await asyncio.sleep(0.01)
+        late.cancel()
+        gone.cancel()
+        model.gate.set()
+        await asyncio.gather(running, late, gone, return_exceptions=True)
+        await batcher.close()
+
+    run(scenario())
+    assert model.batch_sizes() == [1]
+    counts = {
+        reason: metrics.registry.get_sample_value(
+            "flatscope_requests_dropped_total", {"model": "m", "reason": reason}
+        )
+        for reason in ("deadline", "cancelled")
+    }
+    assert counts == {"deadline": 1, "cancelled": 1}
+
+
+def test_a_request_cancelled_during_its_pass_is_no_drop(executor):
+    model = Model()
+    metrics = Metrics(CollectorRegistry(), process=False)
+
+    async def scenario():
+        batcher = Batcher(model, BatchingConfig(), executor, metrics, model="m")
+        model.hold()
+        running = asyncio.create_task(batcher.submit(_examples(0, 1)))
+        await _wait_for_pass(model)
+        running.cancel()
+        model.gate.set()
+        await asyncio.gather(running, return_exceptions=True)
+        rows = await batcher.submit(_examples(1, 1))
+        await batcher.close()
+        return rows
+
+    np.testing.assert_array_equal(run(scenario())[0], [[2.5]])
+    labels = {"model": "m", "reason": "cancelled"}
+    assert metrics.registry.get_sample_value("flatscope_requests_dropped_total", labels) is None

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import os
 import re
-import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,98 +13,18 @@ import grpc
 import numpy as np
 import pytest
 from PIL import Image
+from processes import (
+    CLI_TIMEOUT,
+    FLATSCOPE,
+    START_TIMEOUT,
+    ServerProcess,
+    assert_one_line_error,
+    clean_env,
+    flatscope,
+)
 
 from flatscope.client import Client
 from flatscope.default_model import digits_split
-
-FLATSCOPE = Path(sys.executable).parent / "flatscope"
-START_TIMEOUT = 120.0  # seconds for a server process to open its port and load the model
-STOP_TIMEOUT = 30.0  # seconds for a server process to exit after SIGTERM (grace is 10 s)
-CLI_TIMEOUT = 60.0  # seconds for one client command
-LISTENING = re.compile(r"listening on 127\.0\.0\.1:(\d+) \(gRPC")
-
-
-def clean_env(**variables: str) -> dict[str, str]:
-    """This process's environment without FLATSCOPE_* variables, plus ``variables``."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FLATSCOPE_")}
-    return {**env, **variables}
-
-
-class ServerProcess:
-    """``flatscope serve --port 0 --metrics-port 0 FLAGS`` in a child process, logging to a file."""
-
-    def __init__(self, log_path: Path, *flags: str, env: dict[str, str] | None = None):
-        self.log_path = log_path
-        with log_path.open("wb") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "flatscope", "serve", "--port", "0", "--metrics-port", "0"]
-                + list(flags),
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=clean_env(**(env or {})),
-            )
-        self.target = ""
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def wait_for_log(self, pattern: re.Pattern[str], timeout: float = START_TIMEOUT) -> re.Match:
-        """Polls the log until ``pattern`` matches; fails if the process exits or time runs out."""
-        deadline = time.monotonic() + timeout
-        while True:
-            match = pattern.search(self.log())
-            if match:
-                return match
-            if self.proc.poll() is not None:
-                pytest.fail(f"server exited with {self.proc.returncode}:\n{self.log()}")
-            if time.monotonic() > deadline:
-                pytest.fail(f"no {pattern.pattern!r} in the log after {timeout} s:\n{self.log()}")
-            time.sleep(0.1)
-
-    def start(self) -> ServerProcess:
-        """Waits for the port to open and health to report SERVING."""
-        port = int(self.wait_for_log(LISTENING).group(1))
-        assert port > 0
-        self.target = f"127.0.0.1:{port}"
-        with Client(self.target) as client:
-            client.wait_ready(timeout=START_TIMEOUT)
-        return self
-
-    def stop(self) -> int:
-        """Sends SIGTERM and returns the exit code; kills the process if it hangs."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout=STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(timeout=STOP_TIMEOUT)
-            pytest.fail(f"server ignored SIGTERM for {STOP_TIMEOUT} s:\n{self.log()}")
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(timeout=STOP_TIMEOUT)
-
-
-def flatscope(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    """Runs the ``flatscope`` console script and captures its output."""
-    return subprocess.run(
-        [str(FLATSCOPE), *args],
-        capture_output=True,
-        text=True,
-        timeout=CLI_TIMEOUT,
-        env=clean_env(**(env or {})),
-    )
-
-
-def assert_one_line_error(stderr: str, *parts: str) -> None:
-    lines = stderr.strip().splitlines()
-    assert "Traceback" not in stderr, stderr
-    assert len(lines) == 1, stderr
-    assert lines[0].startswith("flatscope"), stderr
-    for part in parts:
-        assert part in lines[0], stderr
 
 
 @pytest.fixture(scope="module")
@@ -193,7 +110,7 @@ def test_serve_missing_model_file_fails_with_one_line_error(tmp_path: Path):
         env=clean_env(),
     )
     output = result.stdout + result.stderr
-    assert result.returncode != 0, output
+    assert result.returncode == 1, output
     assert "Traceback" not in output
     errors = [line for line in output.splitlines() if "cannot start" in line]
     assert len(errors) == 1, output
@@ -223,7 +140,19 @@ def test_help_lists_commands_and_serve_flags():
 
     serve = flatscope("serve", "--help")
     assert serve.returncode == 0, serve.stderr
-    for flag in ("--host", "--port", "--model", "--max-batch-size", "--shutdown-grace"):
+    for flag in (
+        "--host",
+        "--port",
+        "--model",
+        "--max-batch-size",
+        "--shutdown-grace",
+        "--shutdown-delay",
+        "--max-concurrent-rpcs",
+        "--tls-cert",
+        "--tls-key",
+        "--tls-client-ca",
+        "--log-format",
+    ):
         assert re.search(rf"{flag}\b", serve.stdout), flag
     assert "FLATSCOPE_MAX_BATCH_SIZE" in serve.stdout
 

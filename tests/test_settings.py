@@ -114,3 +114,39 @@ def test_invalid_environment_variables_are_rejected(
 def test_unknown_field_is_rejected():
     with pytest.raises(ValidationError):
         Settings(max_batch=5)
+
+
+def test_reliability_and_security_defaults():
+    settings = Settings()
+    assert settings.shutdown_delay == 0.0
+    assert settings.max_concurrent_rpcs == 1024
+    assert settings.log_format == "text"
+    assert (settings.tls_cert, settings.tls_key, settings.tls_client_ca) == (None, None, None)
+
+
+def test_tls_settings_from_environment(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("FLATSCOPE_TLS_CERT", "/tls/server.crt")
+    monkeypatch.setenv("FLATSCOPE_TLS_KEY", "/tls/server.key")
+    monkeypatch.setenv("FLATSCOPE_TLS_CLIENT_CA", "/tls/ca.pem")
+    monkeypatch.setenv("FLATSCOPE_LOG_FORMAT", "json")
+    settings = Settings()
+    assert settings.tls_cert == Path("/tls/server.crt")
+    assert settings.tls_key == Path("/tls/server.key")
+    assert settings.tls_client_ca == Path("/tls/ca.pem")
+    assert settings.log_format == "json"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"tls_cert": "a.crt"}, "--tls-cert and --tls-key together"),
+        ({"tls_key": "a.key"}, "--tls-cert and --tls-key together"),
+        ({"tls_client_ca": "ca.pem"}, "--tls-client-ca needs --tls-cert and --tls-key"),
+        ({"shutdown_delay": -1}, "shutdown_delay"),
+        ({"max_concurrent_rpcs": -1}, "max_concurrent_rpcs"),
+        ({"log_format": "xml"}, "log_format"),
+    ],
+)
+def test_invalid_reliability_and_security_settings(overrides: dict, message: str):
+    with pytest.raises(ValidationError, match=message):
+        Settings(**overrides)

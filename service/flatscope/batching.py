@@ -25,6 +25,10 @@ from flatscope.metrics import Metrics
 # the predictions, with extras True also the Flatten tensors.
 RunBatch = Callable[[np.ndarray, bool], Sequence[np.ndarray]]
 
+# gRPC keeps deadlines to about a millisecond and may cancel a call a little before the
+# deadline the servicer read from it: a cancellation this close to it is the deadline.
+DEADLINE_SLACK = 0.01
+
 
 @dataclasses.dataclass(frozen=True)
 class BatchingConfig:
@@ -53,6 +57,7 @@ class _Pending:
     enqueued: float
     deadline: float | None
     found_idle: bool
+    taken: bool = False  # into a batch: its pass has run or is running
 
 
 class Batcher:
@@ -124,9 +129,24 @@ class Batcher:
         try:
             return await pending.future
         except asyncio.CancelledError:
-            if not pending.future.done() or pending.future.cancelled():
-                self._count_drop("cancelled")
+            dropped = not pending.future.done() or pending.future.cancelled()
+            if dropped and not pending.taken:
+                self._unqueue(pending)
+                # gRPC cancels a call whose deadline passed: that is a deadline drop.
+                late = (
+                    pending.deadline is not None
+                    and time.monotonic() >= pending.deadline - DEADLINE_SLACK
+                )
+                self._count_drop("deadline" if late else "cancelled")
             raise
+
+    def _unqueue(self, pending: _Pending) -> None:
+        """Frees a waiting request's room in the queue at once, not when its turn comes."""
+        try:
+            self._queue.remove(pending)  # O(queue), which is bounded
+        except ValueError:  # already taken into a batch
+            return
+        self._queued_examples -= len(pending.inputs)
 
     async def close(self) -> None:
         """Stops the consumer; requests still queued fail."""
@@ -201,6 +221,7 @@ class Batcher:
                     DeadlineExceededError("the deadline passed before the model was free")
                 )
                 continue
+            pending.taken = True
             batch.append(pending)
             size += count
         return batch

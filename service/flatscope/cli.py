@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 from pydantic import ValidationError
 
-from flatscope.errors import ModelLoadError
+from flatscope import logs
+from flatscope.errors import ConfigError, ModelLoadError
 from flatscope.settings import Settings
 
 DEFAULT_TARGET = "127.0.0.1:8500"
@@ -56,6 +57,20 @@ def _parser() -> argparse.ArgumentParser:
             help=f"server address [env FLATSCOPE_TARGET; default {DEFAULT_TARGET}]",
         )
         command.add_argument("--timeout", type=float, default=30.0, help="seconds per call")
+        tls = command.add_argument_group("TLS (plaintext when none is given)")
+        tls.add_argument(
+            "--tls", action="store_true", help="use TLS, trusting the system's CA certificates"
+        )
+        tls.add_argument(
+            "--tls-ca",
+            type=Path,
+            metavar="FILE",
+            help="use TLS, trusting these PEM CA certificates",
+        )
+        tls.add_argument(
+            "--tls-cert", type=Path, metavar="FILE", help="PEM client certificate (mutual TLS)"
+        )
+        tls.add_argument("--tls-key", type=Path, metavar="FILE", help="PEM key of --tls-cert")
         command.set_defaults(run=run)
         if name in ("metadata", "health"):
             continue
@@ -95,15 +110,12 @@ def _serve(args: argparse.Namespace) -> int:
     except ValidationError as exc:
         print(f"flatscope serve: bad settings:\n{exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=settings.log_level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    logs.configure(settings.log_level, settings.log_format)
     from flatscope.grpc.server import serve
 
     try:
         asyncio.run(serve(settings))
-    except ModelLoadError as exc:
+    except (ModelLoadError, ConfigError) as exc:
         logging.getLogger("flatscope").error("cannot start: %s", exc)
         return 1
     return 0
@@ -112,7 +124,16 @@ def _serve(args: argparse.Namespace) -> int:
 def _client(args: argparse.Namespace):
     from flatscope.client import Client
 
-    return Client(args.target, timeout=args.timeout)
+    if (args.tls_cert is None) != (args.tls_key is None):
+        raise ValueError("give --tls-cert and --tls-key together")
+    return Client(
+        args.target,
+        timeout=args.timeout,
+        tls=args.tls,
+        root_certificates=args.tls_ca.read_bytes() if args.tls_ca else None,
+        private_key=args.tls_key.read_bytes() if args.tls_key else None,
+        certificate_chain=args.tls_cert.read_bytes() if args.tls_cert else None,
+    )
 
 
 def _example(args: argparse.Namespace, client) -> np.ndarray:
@@ -125,19 +146,22 @@ def _example(args: argparse.Namespace, client) -> np.ndarray:
 
 
 def _rpc(fn):
-    """Runs a client command, turning a gRPC error into a one-line message and exit 1."""
+    """Runs a client command, turning a gRPC error into a one-line message and exit 1.
+
+    The command's own exit code, if it returns one, passes through; None means 0.
+    """
     import grpc
 
     def wrapped(args: argparse.Namespace) -> int:
         try:
-            fn(args)
+            code = fn(args)
         except grpc.RpcError as exc:
             print(f"flatscope: {exc.code().name}: {exc.details()}", file=sys.stderr)
             return 1
         except (OSError, ValueError, IndexError) as exc:
             print(f"flatscope: {exc}", file=sys.stderr)
             return 1
-        return 0
+        return code or 0
 
     return wrapped
 
@@ -188,20 +212,12 @@ def _inspect(args: argparse.Namespace) -> None:
     print(f"prediction: class {result.classes[0]}")
 
 
+@_rpc
 def _health(args: argparse.Namespace) -> int:
-    import grpc
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-    with grpc.insecure_channel(args.target) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        try:
-            reply = stub.Check(health_pb2.HealthCheckRequest(), timeout=args.timeout)
-        except grpc.RpcError as exc:
-            print(f"flatscope: {exc.code().name}: {exc.details()}", file=sys.stderr)
-            return 1
-    status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+    with _client(args) as client:
+        status = client.health()
     print(status)
-    return 0 if reply.status == health_pb2.HealthCheckResponse.SERVING else 1
+    return 0 if status == "SERVING" else 1
 
 
 @_rpc

@@ -33,6 +33,12 @@ class Client:
         timeout: Deadline for each call, in seconds.
         max_message_bytes: Largest message sent or received.
         model_name: Model to address; empty addresses whichever the server serves.
+        tls: Connect with TLS. Implied by any of the three PEM arguments; alone it
+            trusts the system's CA certificates.
+        root_certificates: PEM CA certificates to verify the server with.
+        private_key: PEM key of ``certificate_chain``.
+        certificate_chain: PEM client certificate, for servers that require one
+            (mutual TLS).
 
     Raises:
         grpc.RpcError: From every call, carrying the server's status and message.
@@ -45,14 +51,22 @@ class Client:
         timeout: float = 30.0,
         max_message_bytes: int = 64 * MiB,
         model_name: str = "",
+        tls: bool = False,
+        root_certificates: bytes | None = None,
+        private_key: bytes | None = None,
+        certificate_chain: bytes | None = None,
     ):
-        self._channel = grpc.insecure_channel(
-            target,
-            options=[
-                ("grpc.max_receive_message_length", max_message_bytes),
-                ("grpc.max_send_message_length", max_message_bytes),
-            ],
-        )
+        options = [
+            ("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.max_send_message_length", max_message_bytes),
+        ]
+        if tls or root_certificates or private_key or certificate_chain:
+            credentials = grpc.ssl_channel_credentials(
+                root_certificates, private_key, certificate_chain
+            )
+            self._channel = grpc.secure_channel(target, credentials, options=options)
+        else:
+            self._channel = grpc.insecure_channel(target, options=options)
         self._stub = model_service_pb2_grpc.ModelServiceStub(self._channel)
         self._timeout = timeout
         self.model_name = model_name
@@ -87,6 +101,18 @@ class Client:
         request = pb.GetModelMetadataRequest(model_name=self.model_name)
         reply = self._stub.GetModelMetadata(request, timeout=self._timeout)
         return converters.description(reply)
+
+    def health(self, service: str = "") -> str:
+        """The server's health status, e.g. "SERVING" or "NOT_SERVING".
+
+        Args:
+            service: The service asked about; empty for the whole server.
+        """
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+        stub = health_pb2_grpc.HealthStub(self._channel)
+        reply = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=self._timeout)
+        return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
 
     def wait_ready(self, timeout: float = 60.0) -> None:
         """Blocks until the server's health check reports SERVING.

@@ -67,3 +67,9 @@ class ModelLoadError(FlatscopeError):
     """The model file cannot be served; raised at startup, not per request."""
 
     code = Code.FAILED_PRECONDITION
+
+
+class ConfigError(FlatscopeError):
+    """A setting cannot be used (a TLS file, an address); raised at startup, not per request."""
+
+    code = Code.FAILED_PRECONDITION

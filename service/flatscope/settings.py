@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 MiB = 1024 * 1024
@@ -27,6 +27,15 @@ class Settings(BaseSettings):
     )
     metrics_host: str = Field(
         "", description="Address of the /metrics endpoint (default: the same as --host)."
+    )
+    tls_cert: Path | None = Field(
+        None, description="PEM certificate chain of the server; with --tls-key, serves TLS."
+    )
+    tls_key: Path | None = Field(None, description="PEM private key of --tls-cert.")
+    tls_client_ca: Path | None = Field(
+        None,
+        description="PEM CA certificates; when set, clients must present a certificate "
+        "signed by one of them (mutual TLS).",
     )
     model: Path | None = Field(
         None, description="A .keras file to serve; unset serves the embedded digits model."
@@ -56,6 +65,12 @@ class Settings(BaseSettings):
         description="Queued work is bounded to this many full batches; beyond it requests "
         "fail at once with RESOURCE_EXHAUSTED.",
     )
+    max_concurrent_rpcs: int = Field(
+        1024,
+        ge=0,
+        description="Most RPCs served at once, health checks included; beyond it calls fail "
+        "at once with RESOURCE_EXHAUSTED (0: no limit).",
+    )
     max_coordinates: int = Field(
         65536, ge=0, description="Most layout coordinate rows returned by one Inspect."
     )
@@ -65,9 +80,26 @@ class Settings(BaseSettings):
     max_send_message_bytes: int = Field(
         64 * MiB, ge=1024, description="Largest reply message sent, in bytes."
     )
+    shutdown_delay: float = Field(
+        0.0,
+        ge=0,
+        description="Seconds between SIGTERM and refusing new calls: health is NOT_SERVING "
+        "at once, so that load balancers stop sending before the port closes.",
+    )
     shutdown_grace: float = Field(
         10.0, ge=0, description="Seconds in-flight calls get to finish on shutdown."
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         "INFO", description="Log level."
     )
+    log_format: Literal["text", "json"] = Field(
+        "text", description="Log lines as text or as one JSON object each."
+    )
+
+    @model_validator(mode="after")
+    def _tls_files_go_together(self) -> Settings:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("set --tls-cert and --tls-key together (or neither)")
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            raise ValueError("--tls-client-ca needs --tls-cert and --tls-key")
+        return self

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import keras
 import pytest
+from processes import flatscope_all
 
 from flatscope.errors import ModelLoadError
 from flatscope.inference import load_served_model
@@ -126,10 +127,31 @@ def test_serve_refuses_a_lambda_model_with_one_line(tmp_path: Path):
         env=env,
     )
     output = result.stdout + result.stderr
-    assert result.returncode != 0, output
+    assert result.returncode == 1, output
     assert "Traceback" not in output, output
     errors = [line for line in output.splitlines() if "cannot start" in line]
     assert len(errors) == 1, output
     assert str(path) in errors[0]
     assert "Lambda" in errors[0]
     assert "safe_mode" in errors[0]
+
+
+def test_serve_exits_1_with_one_line_for_truncated_and_non_keras_files(tmp_path: Path):
+    # The other refusals take the same path (ModelLoadError); each process costs seconds.
+    files = [
+        (_truncated_file, "cannot load"),
+        (_text_file, "cannot load"),
+        (_h5_file, "not a .keras file"),
+    ]
+    paths = [make(tmp_path) for make, _ in files]
+    results = flatscope_all(
+        *(["serve", "--model", str(path), "--port", "0", "--metrics-port", "0"] for path in paths)
+    )
+    for path, (_, fragment), result in zip(paths, files, results, strict=True):
+        output = result.stdout + result.stderr
+        assert result.returncode == 1, output
+        assert "Traceback" not in output, output
+        errors = [line for line in output.splitlines() if "cannot start" in line]
+        assert len(errors) == 1, output
+        assert str(path) in errors[0], output
+        assert fragment in errors[0], output

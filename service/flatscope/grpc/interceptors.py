@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable
 
 import grpc
 
+from flatscope.batching import DEADLINE_SLACK
 from flatscope.errors import FlatscopeError
 from flatscope.metrics import Metrics
 
@@ -19,7 +20,9 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
     """Turns a FlatscopeError into its status and message; anything else into INTERNAL.
 
     Unexpected errors reach the client as a generic message; the traceback goes to
-    the log, never over the wire.
+    the log, never over the wire. Request bytes that do not parse as the method's
+    message get INVALID_ARGUMENT (gRPC itself would answer UNKNOWN, with the parser's
+    exception in the message).
     """
 
     def __init__(self):
@@ -37,25 +40,78 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         if handler.unary_unary is None:
             return handler
         inner = handler.unary_unary
+        parse = handler.request_deserializer
+        expected = _message_name(parse)
+
+        def lenient(data: bytes):
+            try:
+                return parse(data) if parse else data
+            except Exception:  # any parser error means the client's bytes are bad
+                return _UNREADABLE
 
         async def guarded(request, context: grpc.aio.ServicerContext):
+            if request is _UNREADABLE:
+                await _abort(
+                    context,
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"the request is not a valid {expected} message (the bytes do not parse)",
+                )
             try:
                 return await inner(request, context)
             except FlatscopeError as exc:
-                await context.abort(grpc.StatusCode[exc.code.value], str(exc))
+                await _abort(context, grpc.StatusCode[exc.code.value], status_message(str(exc)))
             except grpc.aio.AbortError:
                 raise
             except Exception:
                 log.exception("%s failed", method)
-                await context.abort(
-                    grpc.StatusCode.INTERNAL, "internal error; the server log has details"
+                await _abort(
+                    context, grpc.StatusCode.INTERNAL, "internal error; the server log has details"
                 )
 
         return grpc.unary_unary_rpc_method_handler(
             guarded,
-            request_deserializer=handler.request_deserializer,
+            request_deserializer=lenient,
             response_serializer=handler.response_serializer,
         )
+
+
+async def _abort(context: grpc.aio.ServicerContext, code: grpc.StatusCode, message: str):
+    """Ends the call with ``code`` and ``message``.
+
+    A call that already ended (its deadline passed, its client went away) has no status
+    left to send: it ends as cancelled, as gRPC ends such calls itself.
+    """
+    try:
+        await context.abort(code, message)
+    except grpc.aio.AbortError:
+        raise
+    except Exception:  # gRPC core refuses to send a status on a finished call
+        raise asyncio.CancelledError from None
+
+
+def status_message(text: str) -> str:
+    """``text`` cut to at most MAX_STATUS_MESSAGE characters, keeping its start and end.
+
+    A message may quote what the client sent (a model or layer name of any length);
+    gRPC clients drop a call whose status trailer is above 8-16 KiB, and the trailer
+    percent-encodes each non-ASCII character into up to 12 bytes.
+    """
+    if len(text) <= MAX_STATUS_MESSAGE:
+        return text
+    head, tail = text[: MAX_STATUS_MESSAGE * 2 // 3], text[-(MAX_STATUS_MESSAGE // 4) :]
+    return f"{head} ... [{len(text) - len(head) - len(tail)} characters cut] ... {tail}"
+
+
+MAX_STATUS_MESSAGE = 512
+
+# Stands in for a request whose bytes did not parse: a deserializer cannot set a status.
+_UNREADABLE = object()
+
+
+def _message_name(parse) -> str:
+    """The protobuf message a deserializer (``Message.FromString``) reads, if it says."""
+    descriptor = getattr(getattr(parse, "__self__", None), "DESCRIPTOR", None)
+    return getattr(descriptor, "full_name", "protobuf")
 
 
 class MetricsInterceptor(grpc.aio.ServerInterceptor):
@@ -111,7 +167,10 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
                 code = _code_name(context.code())
                 raise
             except asyncio.CancelledError:
-                code = "CANCELLED"
+                # gRPC cancels the handler of a call whose deadline passed.
+                remaining = context.time_remaining()
+                late = remaining is not None and remaining <= DEADLINE_SLACK
+                code = "DEADLINE_EXCEEDED" if late else "CANCELLED"
                 raise
             except Exception:
                 code = "UNKNOWN"

@@ -14,6 +14,8 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry
 
 from flatscope.core import ModelCore
+from flatscope.errors import ConfigError
+from flatscope.grpc import kserve, tfserving
 from flatscope.grpc.interceptors import ErrorInterceptor, MetricsInterceptor
 from flatscope.grpc.servicer import ModelServicer
 from flatscope.metrics import Metrics, serve_metrics
@@ -53,13 +55,25 @@ class Server:
                 ("grpc.max_receive_message_length", settings.max_receive_message_bytes),
                 ("grpc.max_send_message_length", settings.max_send_message_bytes),
             ],
+            # Past it, calls get RESOURCE_EXHAUSTED before their message is read.
+            maximum_concurrent_rpcs=settings.max_concurrent_rpcs or None,
         )
         model_service_pb2_grpc.add_ModelServiceServicer_to_server(
             ModelServicer(self.core, settings.max_send_message_bytes), self._server
         )
+        # The standard protocols, on the same port and the same core (batcher, metrics).
+        for standard in (kserve.InferenceServicer, tfserving.PredictionServicer):
+            standard(self.core, settings.max_send_message_bytes).add_to_server(self._server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         reflection.enable_server_reflection(
-            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server
+            (
+                SERVICE_NAME,
+                kserve.SERVICE_NAME,
+                tfserving.SERVICE_NAME,
+                health.SERVICE_NAME,
+                reflection.SERVICE_NAME,
+            ),
+            self._server,
         )
         self.port = 0
         self.metrics_port = 0
@@ -68,12 +82,25 @@ class Server:
         """Opens the ports and starts answering; returns the bound gRPC port."""
         settings = self.settings
         address = f"{settings.host}:{settings.port}"
-        self.port = self._server.add_insecure_port(address)
+        credentials = _server_credentials(settings)
+        try:
+            if credentials is None:
+                self.port = self._server.add_insecure_port(address)
+            else:
+                self.port = self._server.add_secure_port(address, credentials)
+        except RuntimeError as exc:  # grpc says only "Failed to bind"
+            problem = "in use, or not an address of this host"
+            if credentials is not None:
+                problem += f"; or {settings.tls_key} is not the PEM key of {settings.tls_cert}"
+            raise ConfigError(f"cannot listen on {address} ({problem})") from exc
         if self.port == 0:
-            raise OSError(f"cannot listen on {address}")
+            raise ConfigError(f"cannot listen on {address}")
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         await self._server.start()
-        log.info("listening on %s:%d (gRPC, plaintext)", settings.host, self.port)
+        transport = "plaintext"
+        if credentials is not None:
+            transport = "mutual TLS" if settings.tls_client_ca else "TLS"
+        log.info("listening on %s:%d (gRPC, %s)", settings.host, self.port, transport)
         if settings.metrics_port and self.metrics:
             host = settings.metrics_host or settings.host
             self._metrics_http = serve_metrics(self.metrics, host, settings.metrics_port)
@@ -109,10 +136,23 @@ class Server:
             description.device,
         )
 
-    async def stop(self, grace: float | None = None) -> None:
-        """Reports NOT_SERVING, lets calls in flight finish within ``grace`` s, stops."""
+    async def stop(self, grace: float | None = None, delay: float | None = None) -> None:
+        """Shuts down gracefully.
+
+        Health turns NOT_SERVING at once; calls are still accepted for ``delay`` seconds
+        (default ``shutdown_delay``), so that load balancers see the status and stop
+        sending; then new calls are refused (UNAVAILABLE), calls in flight get ``grace``
+        seconds (default ``shutdown_grace``) to finish, and the server stops.
+        """
+        settings = self.settings
+        delay = settings.shutdown_delay if delay is None else delay
+        grace = settings.shutdown_grace if grace is None else grace
         await self._health.enter_graceful_shutdown()
-        await self._server.stop(self.settings.shutdown_grace if grace is None else grace)
+        if delay > 0:
+            log.info("health NOT_SERVING; refusing new calls in %.1f s", delay)
+            await asyncio.sleep(delay)
+        log.info("refusing new calls; %.1f s for calls in flight", grace)
+        await self._server.stop(grace)
         await self.core.close()
         if self._metrics_http is not None:
             self._metrics_http.shutdown()
@@ -125,6 +165,25 @@ class Server:
     async def _set_health(self, status: int) -> None:
         for name in ("", SERVICE_NAME):
             await self._health.set(name, status)
+
+
+def _server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
+    """TLS credentials from the PEM files the settings name; None for plaintext.
+
+    Raises:
+        ConfigError: A file cannot be read.
+    """
+    if settings.tls_cert is None or settings.tls_key is None:
+        return None
+    try:
+        chain = settings.tls_cert.read_bytes()
+        key = settings.tls_key.read_bytes()
+        client_ca = settings.tls_client_ca.read_bytes() if settings.tls_client_ca else None
+    except OSError as exc:
+        raise ConfigError(f"cannot read a TLS file: {exc}") from exc
+    return grpc.ssl_server_credentials(
+        [(key, chain)], root_certificates=client_ca, require_client_auth=client_ca is not None
+    )
 
 
 async def serve(settings: Settings) -> None:
@@ -145,3 +204,4 @@ async def serve(settings: Settings) -> None:
         log.info("shutting down (grace %.1f s)", settings.shutdown_grace)
     finally:
         await server.stop()
+        log.info("stopped")

@@ -30,7 +30,7 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
     ) -> pb.PredictResponse:
         encoding = converters.reply_encoding(request.output_encoding)
         inputs = converters.request_payload(request.inputs)
-        result = await self._core.predict(request.model_name, inputs, _deadline(context))
+        result = await self._core.predict(request.model_name, inputs, call_deadline(context))
         reply = converters.predict_response(result, encoding)
         return converters.within_limit(reply, self._max_reply_bytes)
 
@@ -46,7 +46,7 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
             include_source=request.include_source,
             coordinate_start=request.coordinate_start,
             coordinate_count=request.coordinate_count,
-            deadline=_deadline(context),
+            deadline=call_deadline(context),
         )
         reply = converters.inspect_response(result, encoding)
         return converters.within_limit(reply, self._max_reply_bytes)
@@ -57,6 +57,9 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
         return converters.metadata_response(self._core.metadata(request.model_name))
 
 
-def _deadline(context: grpc.aio.ServicerContext) -> float | None:
+def call_deadline(context: grpc.aio.ServicerContext) -> float | None:
+    """The call's deadline as a ``time.monotonic()`` value; None when it has none."""
+    # The clock first: a pause between the two readings then errs early, never late.
+    now = time.monotonic()
     remaining = context.time_remaining()
-    return None if remaining is None else time.monotonic() + remaining
+    return None if remaining is None else now + remaining

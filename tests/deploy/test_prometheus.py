@@ -78,11 +78,11 @@ def http_get(url: str) -> bytes:
 
 
 class MetricsServer:
-    """A ``flatscope serve`` process with its /metrics on a known port."""
+    """A ``flatscope serve`` process with its /metrics on a known port, and more ``flags``."""
 
-    def __init__(self, log_path: Path):
+    def __init__(self, log_path: Path, *flags: str):
         self.metrics_port = free_port()
-        self.process = ServerProcess(log_path, "--metrics-port", str(self.metrics_port))
+        self.process = ServerProcess(log_path, "--metrics-port", str(self.metrics_port), *flags)
 
     def start(self) -> MetricsServer:
         self.process.start()
@@ -167,9 +167,14 @@ class Load:
 
 
 class Prometheus:
-    """A real Prometheus on 127.0.0.1 and a free port, and its HTTP API."""
+    """A real Prometheus on 127.0.0.1 and a free port, and its HTTP API.
 
-    def __init__(self, workdir: Path, targets: list[str]):
+    ``labels`` gives a target labels of its own, as service discovery would.
+    """
+
+    def __init__(
+        self, workdir: Path, targets: list[str], labels: dict[str, dict[str, str]] | None = None
+    ):
         config = {
             "global": {
                 "scrape_interval": "1s",
@@ -177,7 +182,15 @@ class Prometheus:
                 "evaluation_interval": "1s",
             },
             "rule_files": [str(RULES)],
-            "scrape_configs": [{"job_name": "flatscope", "static_configs": [{"targets": targets}]}],
+            "scrape_configs": [
+                {
+                    "job_name": "flatscope",
+                    "static_configs": [
+                        {"targets": [target], "labels": (labels or {}).get(target, {})}
+                        for target in targets
+                    ],
+                }
+            ],
         }
         # JSON is YAML: no YAML library needed to write the configuration.
         config_path = workdir / "prometheus.yml"
@@ -237,8 +250,10 @@ class Prometheus:
 
 
 @contextlib.contextmanager
-def running_prometheus(workdir: Path, targets: list[str]) -> Iterator[Prometheus]:
-    prometheus = Prometheus(workdir, targets)
+def running_prometheus(
+    workdir: Path, targets: list[str], labels: dict[str, dict[str, str]] | None = None
+) -> Iterator[Prometheus]:
+    prometheus = Prometheus(workdir, targets, labels)
     try:
         prometheus.wait_ready()
         yield prometheus
@@ -355,7 +370,13 @@ def test_promtool_check_metrics_on_scraped_text(servers: dict[str, MetricsServer
     server = servers[BUSY]
     with Client(server.target, timeout=HTTP_TIMEOUT) as client:
         call_mix(client, np.random.default_rng(1))
-    text = http_get(f"http://{server.scrape_target}/metrics")
+    # An aborted call's status reaches the client before the server's interceptor counts it.
+    deadline = time.monotonic() + HTTP_TIMEOUT
+    while True:
+        text = http_get(f"http://{server.scrape_target}/metrics")
+        if b'grpc_code="INVALID_ARGUMENT"' in text or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
     assert b'grpc_code="INVALID_ARGUMENT"' in text
 
     result = subprocess.run(

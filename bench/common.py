@@ -13,7 +13,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import grpc
@@ -76,11 +76,21 @@ def predict_request(batch: int = 1, seed: int = 0) -> pb.PredictRequest:
     return pb.PredictRequest(inputs=converters.to_tensor(images))
 
 
-async def drive(target: str, method: str, request, concurrency: int, seconds: float) -> list[float]:
-    """Calls ``method`` from ``concurrency`` workers for ``seconds``; returns latencies."""
+async def drive(
+    target: str,
+    method: str,
+    request,
+    concurrency: int,
+    seconds: float,
+    stub_factory: Callable[[grpc.aio.Channel], object] = model_service_pb2_grpc.ModelServiceStub,
+) -> list[float]:
+    """Calls ``method`` from ``concurrency`` workers for ``seconds``; returns latencies.
+
+    ``stub_factory`` makes the stub whose ``method`` is called (flatscope's by default).
+    """
     latencies: list[float] = []
     async with grpc.aio.insecure_channel(target) as channel:
-        stub = model_service_pb2_grpc.ModelServiceStub(channel)
+        stub = stub_factory(channel)
         call = getattr(stub, method)
         await call(request)  # connect and warm up
         stop = time.perf_counter() + seconds

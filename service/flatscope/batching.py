@@ -236,8 +236,9 @@ class Batcher:
             results = self._run(packed, extras)
         else:
             start = time.monotonic()
+            queue_seconds = metrics.queue_seconds.labels(self._model)
             for pending in batch:
-                metrics.queue_seconds.labels(self._model).observe(start - pending.enqueued)
+                queue_seconds.observe(start - pending.enqueued)
             metrics.batch_size.labels(self._model).observe(len(packed))
             with metrics.inference_seconds.labels(self._model).time():
                 results = self._run(packed, extras)

@@ -44,7 +44,7 @@ def main() -> None:
         metrics=["accuracy"],
     )
     model.fit(x_train, y_train, batch_size=32, epochs=args.epochs, verbose=2)
-    probabilities = model.predict(x_test, verbose=0)
+    probabilities = keras.ops.convert_to_numpy(model(x_test, training=False))
     accuracy = float(np.mean(probabilities.argmax(axis=1) == y_test))
     print(f"held-out accuracy: {accuracy:.4f} on {len(y_test)} digits")
     # A fresh, uncompiled copy carries the weights without the optimizer's state.

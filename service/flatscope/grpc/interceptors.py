@@ -142,6 +142,7 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
         seconds = metrics.rpc_seconds.labels(*labels)
         request_bytes = metrics.request_bytes.labels(method)
         response_bytes = metrics.response_bytes.labels(method)
+        handled: dict[str, object] = {}  # status code -> counter child, looked up once
 
         def deserialize(data: bytes):
             request_bytes.observe(len(data))
@@ -177,7 +178,10 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
                 raise
             finally:
                 seconds.observe(time.perf_counter() - start)
-                metrics.rpc_handled.labels(*labels, code).inc()
+                counter = handled.get(code)
+                if counter is None:
+                    counter = handled[code] = metrics.rpc_handled.labels(*labels, code)
+                counter.inc()
 
         behaviour = _behaviour(handler)
         factory = {

@@ -40,9 +40,11 @@ def main() -> None:
         server_process(flatscope("--metrics-port", "0")) as off,
     ):
         results: dict[tuple[str, int], list[tuple[float, float, float]]] = {}
-        for _ in range(args.rounds):
+        variants = [("on", on.target), ("off", off.target)]
+        for round_ in range(args.rounds):
             for concurrency in (1, 16):
-                for name, target in (("on", on.target), ("off", off.target)):
+                # Alternate which goes first, so neither gains from the order.
+                for name, target in variants if round_ % 2 == 0 else variants[::-1]:
                     latencies = asyncio.run(
                         drive(target, "Predict", request, concurrency, args.seconds)
                     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import os
 import re
 import signal
@@ -11,6 +12,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -122,6 +124,17 @@ class ServerProcess:
                 ):
                     return sample.value
         return 0.0
+
+    @contextlib.contextmanager
+    def serving(self) -> Iterator[ServerProcess]:
+        """Starts the server, yields it, then stops it (SIGTERM; a kill if it hangs)."""
+        try:
+            yield self.start()
+        finally:
+            try:
+                self.stop()
+            finally:
+                self.kill()
 
     def stop(self) -> int:
         """Sends SIGTERM and returns the exit code; kills the process if it hangs."""

@@ -34,13 +34,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     process = ServerProcess(
         log, env={"FLATSCOPE_MAX_BATCH_SIZE": "7", "FLATSCOPE_MODEL_NAME": "digits-test"}
     )
-    try:
-        yield process.start()
-    finally:
-        try:
-            process.stop()
-        finally:
-            process.kill()
+    with process.serving() as started:
+        yield started
 
 
 @pytest.fixture()

@@ -74,13 +74,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
         metrics=True,
         env={"TF_CPP_MIN_LOG_LEVEL": "2"},
     )
-    try:
-        yield process.start()
-    finally:
-        try:
-            process.stop()
-        finally:
-            process.kill()
+    with process.serving() as started:
+        yield started
 
 
 @pytest.fixture(scope="module")

@@ -139,13 +139,8 @@ def mtls_server(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         },
         client=client_files(pki, pki.client),
     )
-    try:
-        yield process.start()
-    finally:
-        try:
-            process.stop()
-        finally:
-            process.kill()
+    with process.serving() as started:
+        yield started
 
 
 def images(batch: int = 1) -> np.ndarray:

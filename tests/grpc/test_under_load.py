@@ -71,13 +71,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
         "30",
         metrics=True,
     )
-    try:
-        yield process.start()
-    finally:
-        try:
-            process.stop()
-        finally:
-            process.kill()
+    with process.serving() as started:
+        yield started
 
 
 @pytest.fixture(scope="module")

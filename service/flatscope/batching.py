@@ -84,12 +84,22 @@ class Batcher:
         self._executor = executor
         self._metrics = metrics
         self._model = model
+        if metrics is not None:  # children looked up once, not per batch
+            self._queue_seconds = metrics.queue_seconds.labels(model)
+            self._batch_size = metrics.batch_size.labels(model)
+            self._inference_seconds = metrics.inference_seconds.labels(model)
         self._queue: collections.deque[_Pending] = collections.deque()
         self._queued_examples = 0
+        self._in_flight = 0
         self._limit = config.max_enqueued_batches * config.max_batch_size
         self._wakeup = asyncio.Event()
         self._busy = False
         self._consumer: asyncio.Task | None = None
+
+    @property
+    def in_flight(self) -> int:
+        """Requests submitted and not yet answered: queued, or in a running pass."""
+        return self._in_flight
 
     async def submit(
         self, inputs: np.ndarray, extras: bool = False, deadline: float | None = None
@@ -125,6 +135,7 @@ class Batcher:
         )
         self._queue.append(pending)
         self._queued_examples += count
+        self._in_flight += 1
         self._wakeup.set()
         try:
             return await pending.future
@@ -139,6 +150,8 @@ class Batcher:
                 )
                 self._count_drop("deadline" if late else "cancelled")
             raise
+        finally:
+            self._in_flight -= 1
 
     def _unqueue(self, pending: _Pending) -> None:
         """Frees a waiting request's room in the queue at once, not when its turn comes."""
@@ -231,17 +244,15 @@ class Batcher:
         inputs = [pending.inputs for pending in batch]
         packed = inputs[0] if len(inputs) == 1 else np.concatenate(inputs)
         extras = any(pending.extras for pending in batch)
-        metrics = self._metrics
-        if metrics is None:
+        if self._metrics is None:
             results = self._run(packed, extras)
         else:
             start = time.monotonic()
-            queue_seconds = metrics.queue_seconds.labels(self._model)
             for pending in batch:
-                queue_seconds.observe(start - pending.enqueued)
-            metrics.batch_size.labels(self._model).observe(len(packed))
-            with metrics.inference_seconds.labels(self._model).time():
-                results = self._run(packed, extras)
+                self._queue_seconds.observe(start - pending.enqueued)
+            self._batch_size.observe(len(packed))
+            results = self._run(packed, extras)
+            self._inference_seconds.observe(time.monotonic() - start)
         rows = []
         offset = 0
         for pending in batch:

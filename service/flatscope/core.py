@@ -74,9 +74,12 @@ class ModelCore:
             batch_timeout=settings.batch_timeout,
             max_enqueued_batches=settings.max_enqueued_batches,
         )
-        self._batcher = Batcher(
+        self._batcher = batcher = Batcher(
             served.runner.run, config, self._executor, self._metrics, model=info.name
         )
+        if self._metrics is not None:
+            # Read at scrape time: nothing to count per request.
+            self._metrics.in_flight.labels(info.name).set_function(lambda: batcher.in_flight)
         self._signature = signature_of(info, served.layouts)
         self._served = served
         return served
@@ -193,7 +196,7 @@ class ModelCore:
     async def _predict(
         self, served: ServedModel, batch: np.ndarray, deadline: float | None
     ) -> Prediction:
-        outputs, *_ = await self._submit(served, batch, False, deadline)
+        outputs, *_ = await self._submit(batch, False, deadline)
         return Prediction(
             model_name=served.description.name,
             model_version=served.description.version,
@@ -240,7 +243,7 @@ class ModelCore:
         coordinate_count: int,
         deadline: float | None,
     ) -> InspectResult:
-        outputs, *tensors_at = await self._submit(served, batch, True, deadline)
+        outputs, *tensors_at = await self._submit(batch, True, deadline)
         at = 2 * served.runner.flatten_layers.index(layout.layer_name)
         return InspectResult(
             model_name=served.description.name,
@@ -255,13 +258,10 @@ class ModelCore:
         )
 
     async def _submit(
-        self, served: ServedModel, batch: np.ndarray, extras: bool, deadline: float | None
+        self, batch: np.ndarray, extras: bool, deadline: float | None
     ) -> list[np.ndarray]:
         assert self._batcher is not None  # set with _served
-        if self._metrics is None:
-            return await self._batcher.submit(batch, extras, deadline)
-        with self._metrics.in_flight.labels(served.description.name).track_inprogress():
-            return await self._batcher.submit(batch, extras, deadline)
+        return await self._batcher.submit(batch, extras, deadline)
 
     def _model(self, model_name: str, model_version: str = "") -> ServedModel:
         served = self._served

@@ -45,6 +45,13 @@ class Settings(BaseSettings):
         description="Where the model runs: a GPU when there is one (auto), or as forced. "
         "The backend is KERAS_BACKEND (tensorflow or jax).",
     )
+    model_threads: int = Field(
+        0,
+        ge=0,
+        description="Threads one forward pass may use (TensorFlow intra- and inter-op, "
+        "torch); 0: one fewer than the CPUs this process may use, at least 1, which leaves "
+        "a core to the gRPC event loop. JAX keeps XLA's own choice.",
+    )
     model_name: str = Field(
         "", description="Name the model is served under (default: the model's own name)."
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Sequence
+from typing import NoReturn
 
 import numpy as np
 
@@ -93,11 +94,36 @@ def to_batch(
         InvalidInputError: The tensor is malformed or does not fit; the message says
             what was expected.
     """
-    expected = "(batch, " + ", ".join(str(d) for d in example_shape) + ")"
-    shape = tuple(int(d) for d in payload.shape)
+    shape = tuple(map(int, payload.shape))
+    if len(shape) != len(example_shape) + 1 or shape[1:] != tuple(example_shape):
+        _reject_shape(field, payload, shape, example_shape)
+    batch = shape[0]
+    if batch == 0:
+        raise InvalidInputError(f"{field} is an empty batch; send at least one example")
+    if batch < 0:
+        _reject_shape(field, payload, shape, example_shape)
+    if batch > max_batch_size:
+        raise InvalidInputError(
+            f"{field} has a batch of {batch}; this server takes at most {max_batch_size} "
+            "examples per request (split the batch)"
+        )
     raw_data, float_values = payload.raw_data, payload.float_values
-    has_raw, has_values = len(raw_data) > 0, len(float_values) > 0
-    if not shape and not has_raw and not has_values:
+    array = _decode(field, payload.dtype, shape, raw_data, float_values, payload.wording)
+    if not np.isfinite(array).all():
+        bad = int(np.argwhere(~np.isfinite(array))[0][0])
+        raise InvalidInputError(
+            f"{field} holds NaN or infinite values (first in example {bad}); "
+            "expected finite numbers"
+        )
+    return array
+
+
+def _reject_shape(
+    field: str, payload: TensorPayload, shape: tuple[int, ...], example_shape: Sequence[int]
+) -> NoReturn:
+    """Raises the error that says how ``shape`` differs from (batch, *example_shape)."""
+    expected = "(batch, " + ", ".join(str(d) for d in example_shape) + ")"
+    if not shape and not payload.raw_data and not payload.float_values:
         raise InvalidInputError(
             f"{field} is not set; expected a {payload.wording.dtype} tensor of shape {expected}"
         )
@@ -109,24 +135,7 @@ def to_batch(
         raise InvalidInputError(
             f"{field} shape {_short(shape)} has rank {len(shape)}; expected {expected}"
         )
-    if shape[1:] != tuple(example_shape):
-        raise InvalidInputError(f"{field} shape {_short(shape)} does not match {expected}")
-    batch = shape[0]
-    if batch == 0:
-        raise InvalidInputError(f"{field} is an empty batch; send at least one example")
-    if batch > max_batch_size:
-        raise InvalidInputError(
-            f"{field} has a batch of {batch}; this server takes at most {max_batch_size} "
-            "examples per request (split the batch)"
-        )
-    array = _decode(field, payload.dtype, shape, raw_data, float_values, payload.wording)
-    if not np.isfinite(array).all():
-        bad = int(np.argwhere(~np.isfinite(array))[0][0])
-        raise InvalidInputError(
-            f"{field} holds NaN or infinite values (first in example {bad}); "
-            "expected finite numbers"
-        )
-    return array
+    raise InvalidInputError(f"{field} shape {_short(shape)} does not match {expected}")
 
 
 def _decode(

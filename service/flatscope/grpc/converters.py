@@ -20,12 +20,15 @@ RAW = tensor_pb2.TENSOR_ENCODING_RAW
 TYPED = tensor_pb2.TENSOR_ENCODING_TYPED
 
 
+_DTYPE_NAMES = {number: name for name, number in tensor_pb2.DataType.items()}
+_ENCODINGS = frozenset(tensor_pb2.TensorEncoding.values())
+
+
 def request_payload(tensor: tensor_pb2.Tensor) -> TensorPayload:
     """Wraps a request tensor for the core, which checks it (raw bytes are not copied)."""
-    try:
-        dtype = tensor_pb2.DataType.Name(tensor.dtype)
-    except ValueError:  # proto3 enums are open: any number arrives
-        dtype = f"DataType({tensor.dtype})"
+    number = tensor.dtype
+    # proto3 enums are open: any number arrives.
+    dtype = _DTYPE_NAMES.get(number) or f"DataType({number})"
     return TensorPayload(dtype, tensor.shape, tensor.raw_data, tensor.float_values)
 
 
@@ -35,7 +38,7 @@ def reply_encoding(value: int) -> int:
     Raises:
         InvalidInputError: It is not a known TensorEncoding.
     """
-    if value not in tensor_pb2.TensorEncoding.values():
+    if value not in _ENCODINGS:
         known = ", ".join(tensor_pb2.TensorEncoding.keys())
         raise InvalidInputError(f"output_encoding {value} is not one of {known}")
     return value

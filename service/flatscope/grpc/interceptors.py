@@ -16,16 +16,27 @@ from flatscope.metrics import Metrics
 log = logging.getLogger(__name__)
 
 
-class ErrorInterceptor(grpc.aio.ServerInterceptor):
-    """Turns a FlatscopeError into its status and message; anything else into INTERNAL.
+class RpcInterceptor(grpc.aio.ServerInterceptor):
+    """Maps errors to statuses and, given metrics, counts and times every RPC.
 
-    Unexpected errors reach the client as a generic message; the traceback goes to
-    the log, never over the wire. Request bytes that do not parse as the method's
-    message get INVALID_ARGUMENT (gRPC itself would answer UNKNOWN, with the parser's
-    exception in the message).
+    One wrapper per method, built on its first call: the hot path pays for one extra
+    coroutine frame, not a chain of interceptors.
+
+    Errors: a FlatscopeError becomes its status and message; anything else INTERNAL,
+    with a generic message (the traceback goes to the log, never over the wire).
+    Request bytes that do not parse as the method's message get INVALID_ARGUMENT
+    (gRPC itself would answer UNKNOWN, with the parser's exception in the message).
+
+    Metrics: the gRPC ecosystem's names and labels, with the final status of every
+    call, errors mapped here included; payload sizes are read off the wire bytes by
+    wrapping the (de)serializers, so measuring them costs nothing extra.
+
+    Args:
+        metrics: Where RPC metrics go; None measures nothing.
     """
 
-    def __init__(self):
+    def __init__(self, metrics: Metrics | None = None):
+        self._metrics = metrics
         self._handlers = _HandlerCache(self._wrap)
 
     async def intercept_service(
@@ -35,44 +46,156 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
     ) -> grpc.RpcMethodHandler:
         return await self._handlers.get(continuation, handler_call_details)
 
-    @staticmethod
-    def _wrap(method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
-        if handler.unary_unary is None:
+    def _wrap(self, full_method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        kind = _rpc_type(handler)
+        calls = None
+        if self._metrics is not None:
+            calls = _CallMetrics(self._metrics, full_method, kind)
+        if kind == "unary":
+            return _guarded_unary(full_method, handler, calls)
+        if calls is None:
             return handler
-        inner = handler.unary_unary
-        parse = handler.request_deserializer
-        expected = _message_name(parse)
+        return _measured_stream(handler, kind, calls)
 
-        def lenient(data: bytes):
-            try:
-                return parse(data) if parse else data
-            except Exception:  # any parser error means the client's bytes are bad
-                return _UNREADABLE
+
+def _guarded_unary(
+    full_method: str, handler: grpc.RpcMethodHandler, calls: _CallMetrics | None
+) -> grpc.RpcMethodHandler:
+    """A unary handler with errors mapped to statuses, measured when ``calls`` is set."""
+    inner = handler.unary_unary
+    parse = handler.request_deserializer
+    write = handler.response_serializer
+    expected = _message_name(parse)
+
+    def deserialize(data: bytes):
+        if calls is not None:
+            calls.request_bytes.observe(len(data))
+        try:
+            return parse(data) if parse else data
+        except Exception:  # any parser error means the client's bytes are bad
+            return _UNREADABLE
+
+    def serialize(message) -> bytes:
+        data = write(message) if write else message
+        if calls is not None:
+            calls.response_bytes.observe(len(data))
+        return data
+
+    async def answer(request, context: grpc.aio.ServicerContext):
+        if request is _UNREADABLE:
+            await _abort(
+                context,
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"the request is not a valid {expected} message (the bytes do not parse)",
+            )
+        try:
+            return await inner(request, context)
+        except FlatscopeError as exc:
+            await _abort(context, grpc.StatusCode[exc.code.value], status_message(str(exc)))
+        except (grpc.aio.AbortError, asyncio.CancelledError):
+            raise
+        except Exception:
+            log.exception("%s failed", full_method)
+            await _abort(
+                context, grpc.StatusCode.INTERNAL, "internal error; the server log has details"
+            )
+
+    if calls is None:
+        guarded = answer
+    else:
 
         async def guarded(request, context: grpc.aio.ServicerContext):
-            if request is _UNREADABLE:
-                await _abort(
-                    context,
-                    grpc.StatusCode.INVALID_ARGUMENT,
-                    f"the request is not a valid {expected} message (the bytes do not parse)",
-                )
+            calls.started.inc()
+            start = time.perf_counter()
+            code = "OK"
             try:
-                return await inner(request, context)
-            except FlatscopeError as exc:
-                await _abort(context, grpc.StatusCode[exc.code.value], status_message(str(exc)))
-            except grpc.aio.AbortError:
+                return await answer(request, context)
+            except BaseException as exc:
+                code = _final_code(exc, context)
                 raise
-            except Exception:
-                log.exception("%s failed", method)
-                await _abort(
-                    context, grpc.StatusCode.INTERNAL, "internal error; the server log has details"
-                )
+            finally:
+                calls.finished(code, time.perf_counter() - start)
 
-        return grpc.unary_unary_rpc_method_handler(
-            guarded,
-            request_deserializer=lenient,
-            response_serializer=handler.response_serializer,
-        )
+    return grpc.unary_unary_rpc_method_handler(
+        guarded, request_deserializer=deserialize, response_serializer=serialize
+    )
+
+
+def _measured_stream(
+    handler: grpc.RpcMethodHandler, kind: str, calls: _CallMetrics
+) -> grpc.RpcMethodHandler:
+    """A streaming handler (health Watch, reflection), counted and timed."""
+    behaviour = (
+        handler.unary_unary or handler.unary_stream or handler.stream_unary or handler.stream_stream
+    )
+    parse = handler.request_deserializer
+    write = handler.response_serializer
+
+    def deserialize(data: bytes):
+        calls.request_bytes.observe(len(data))
+        return parse(data) if parse else data
+
+    def serialize(message) -> bytes:
+        data = write(message) if write else message
+        calls.response_bytes.observe(len(data))
+        return data
+
+    async def measured(request, context: grpc.aio.ServicerContext):
+        calls.started.inc()
+        start = time.perf_counter()
+        code = "OK"
+        try:
+            result = behaviour(request, context)
+            if hasattr(result, "__aiter__"):  # a streaming reply, as a generator
+                async for reply in result:
+                    await context.write(reply)
+                return None
+            return await result
+        except BaseException as exc:
+            code = _final_code(exc, context)
+            raise
+        finally:
+            calls.finished(code, time.perf_counter() - start)
+
+    factory = {
+        "server_stream": grpc.unary_stream_rpc_method_handler,
+        "client_stream": grpc.stream_unary_rpc_method_handler,
+        "bidi_stream": grpc.stream_stream_rpc_method_handler,
+    }[kind]
+    return factory(measured, request_deserializer=deserialize, response_serializer=serialize)
+
+
+class _CallMetrics:
+    """One method's metric children, looked up once."""
+
+    def __init__(self, metrics: Metrics, full_method: str, kind: str):
+        service, _, method = full_method.lstrip("/").rpartition("/")
+        self._labels = (service, method, kind)
+        self._metrics = metrics
+        self.started = metrics.rpc_started.labels(*self._labels)
+        self.request_bytes = metrics.request_bytes.labels(method)
+        self.response_bytes = metrics.response_bytes.labels(method)
+        self._seconds = metrics.rpc_seconds.labels(*self._labels)
+        self._handled: dict[str, object] = {}  # status code -> counter child
+
+    def finished(self, code: str, seconds: float) -> None:
+        self._seconds.observe(seconds)
+        counter = self._handled.get(code)
+        if counter is None:
+            counter = self._handled[code] = self._metrics.rpc_handled.labels(*self._labels, code)
+        counter.inc()
+
+
+def _final_code(exc: BaseException, context: grpc.aio.ServicerContext) -> str:
+    """The status a call that raised ``exc`` ends with."""
+    if isinstance(exc, grpc.aio.AbortError):
+        return _code_name(context.code())
+    if isinstance(exc, asyncio.CancelledError):
+        # gRPC cancels the handler of a call whose deadline passed.
+        remaining = context.time_remaining()
+        late = remaining is not None and remaining <= DEADLINE_SLACK
+        return "DEADLINE_EXCEEDED" if late else "CANCELLED"
+    return "UNKNOWN"
 
 
 async def _abort(context: grpc.aio.ServicerContext, code: grpc.StatusCode, message: str):
@@ -114,85 +237,6 @@ def _message_name(parse) -> str:
     return getattr(descriptor, "full_name", "protobuf")
 
 
-class MetricsInterceptor(grpc.aio.ServerInterceptor):
-    """Counts and times every RPC, with the gRPC ecosystem's metric names and labels.
-
-    Place it first (outermost), so that it sees the final status of every call,
-    including errors mapped by :class:`ErrorInterceptor`. Payload sizes are read off
-    the wire bytes by wrapping the (de)serializers, so measuring them costs nothing.
-    """
-
-    def __init__(self, metrics: Metrics):
-        self._metrics = metrics
-        self._handlers = _HandlerCache(self._wrap)
-
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        return await self._handlers.get(continuation, handler_call_details)
-
-    def _wrap(self, full_method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
-        service, _, method = full_method.lstrip("/").rpartition("/")
-        kind = _rpc_type(handler)
-        labels = (service, method, kind)
-        metrics = self._metrics
-        started = metrics.rpc_started.labels(*labels)
-        seconds = metrics.rpc_seconds.labels(*labels)
-        request_bytes = metrics.request_bytes.labels(method)
-        response_bytes = metrics.response_bytes.labels(method)
-        handled: dict[str, object] = {}  # status code -> counter child, looked up once
-
-        def deserialize(data: bytes):
-            request_bytes.observe(len(data))
-            return handler.request_deserializer(data) if handler.request_deserializer else data
-
-        def serialize(message) -> bytes:
-            data = handler.response_serializer(message) if handler.response_serializer else message
-            response_bytes.observe(len(data))
-            return data
-
-        async def observed(request, context: grpc.aio.ServicerContext):
-            started.inc()
-            start = time.perf_counter()
-            code = "OK"
-            try:
-                result = behaviour(request, context)
-                if hasattr(result, "__aiter__"):  # a streaming reply, as a generator
-                    async for reply in result:
-                        await context.write(reply)
-                    return None
-                return await result
-            except grpc.aio.AbortError:
-                code = _code_name(context.code())
-                raise
-            except asyncio.CancelledError:
-                # gRPC cancels the handler of a call whose deadline passed.
-                remaining = context.time_remaining()
-                late = remaining is not None and remaining <= DEADLINE_SLACK
-                code = "DEADLINE_EXCEEDED" if late else "CANCELLED"
-                raise
-            except Exception:
-                code = "UNKNOWN"
-                raise
-            finally:
-                seconds.observe(time.perf_counter() - start)
-                counter = handled.get(code)
-                if counter is None:
-                    counter = handled[code] = metrics.rpc_handled.labels(*labels, code)
-                counter.inc()
-
-        behaviour = _behaviour(handler)
-        factory = {
-            "unary": grpc.unary_unary_rpc_method_handler,
-            "server_stream": grpc.unary_stream_rpc_method_handler,
-            "client_stream": grpc.stream_unary_rpc_method_handler,
-            "bidi_stream": grpc.stream_stream_rpc_method_handler,
-        }[kind]
-        return factory(observed, request_deserializer=deserialize, response_serializer=serialize)
-
-
 class _HandlerCache:
     """Wraps each method's handler once, not on every call (the hot path)."""
 
@@ -214,12 +258,6 @@ def _rpc_type(handler: grpc.RpcMethodHandler) -> str:
     if handler.request_streaming:
         return "bidi_stream" if handler.response_streaming else "client_stream"
     return "server_stream" if handler.response_streaming else "unary"
-
-
-def _behaviour(handler: grpc.RpcMethodHandler):
-    return (
-        handler.unary_unary or handler.unary_stream or handler.stream_unary or handler.stream_stream
-    )
 
 
 _CODE_NAMES = {status.value[0]: status.name for status in grpc.StatusCode}

@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry
 from flatscope.core import ModelCore
 from flatscope.errors import ConfigError
 from flatscope.grpc import kserve, tfserving
-from flatscope.grpc.interceptors import ErrorInterceptor, MetricsInterceptor
+from flatscope.grpc.interceptors import RpcInterceptor
 from flatscope.grpc.servicer import ModelServicer
 from flatscope.metrics import Metrics, serve_metrics
 from flatscope.settings import Settings
@@ -47,10 +47,7 @@ class Server:
         self._health = health.aio.HealthServicer()
         self._metrics_http: WSGIServer | None = None
         self._server = grpc.aio.server(
-            interceptors=[
-                *([MetricsInterceptor(self.metrics)] if self.metrics else []),
-                ErrorInterceptor(),
-            ],
+            interceptors=[RpcInterceptor(self.metrics)],
             options=[
                 ("grpc.max_receive_message_length", settings.max_receive_message_bytes),
                 ("grpc.max_send_message_length", settings.max_send_message_bytes),
@@ -123,6 +120,7 @@ class Server:
             version=self.settings.model_version,
             max_batch_size=self.settings.max_batch_size,
             device=self.settings.device,
+            threads=self.settings.model_threads,
         )
         served = await self.core.load(loader)
         description = served.description

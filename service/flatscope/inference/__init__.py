@@ -40,6 +40,7 @@ def load_served_model(
     version: str = "1",
     max_batch_size: int = 1,
     device: str = "auto",
+    threads: int = 0,
 ) -> ServedModel:
     """Loads, compiles and warms up a model (blocking: seconds).
 
@@ -49,12 +50,14 @@ def load_served_model(
         version: Version to report.
         max_batch_size: Largest batch a request may carry (reported in metadata).
         device: "auto" (a GPU when there is one), "cpu" or "gpu".
+        threads: Threads one forward pass may use; 0 picks one fewer than the CPUs
+            available (see :func:`~flatscope.inference.runner.configure_devices`).
 
     Raises:
         ModelLoadError: The model cannot be served.
     """
     started = time.monotonic()
-    configure_devices(device)
+    configure_devices(device, threads)
     model, source = keras_model.load(path)
     flattens = keras_model.flatten_layers(model)
     layouts = {layer.name: keras_model.layout_of(layer) for layer in flattens}

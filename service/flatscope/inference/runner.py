@@ -8,8 +8,10 @@ when asked, what enters and leaves every Flatten layer, from one pass.
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -83,22 +85,62 @@ def compile_model(
     )
 
 
-def configure_devices(device: str = "auto") -> None:
-    """Prepares the backend before first use: GPU memory on demand, the device asked for.
+def available_cpus() -> int:
+    """CPUs this process may use: its affinity, capped by a cgroup v2 CPU quota.
 
-    TensorFlow grows GPU memory as needed instead of taking the whole card, and JAX does
-    not preallocate; ``device="cpu"`` hides GPUs from TensorFlow.
+    A container limited to 2 CPUs on a 64-core host sees 64 in ``os.cpu_count()``.
+    """
+    count = len(os.sched_getaffinity(0))
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()
+        if quota != "max":
+            count = min(count, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):  # no cgroup v2 file, or one we cannot read
+        pass
+    return count
+
+
+def model_threads(threads: int = 0) -> int:
+    """``threads``, or for 0 one fewer than :func:`available_cpus` (at least 1).
+
+    The event loop needs a core of its own under load: a forward pass that takes every
+    core stalls the gRPC work that feeds it.
+    """
+    return threads if threads > 0 else max(1, available_cpus() - 1)
+
+
+def configure_devices(device: str = "auto", threads: int = 0) -> None:
+    """Prepares the backend before first use: threads, GPU memory on demand, the device.
+
+    TensorFlow and torch use :func:`model_threads` threads per pass; TensorFlow grows
+    GPU memory as needed instead of taking the whole card, and JAX does not
+    preallocate; ``device="cpu"`` hides GPUs from TensorFlow.
     """
     if device not in DEVICES:
         raise ModelLoadError(f"device {device!r} is not one of {DEVICES}")
     backend = keras.backend.backend()
+    count = model_threads(threads)
     if backend == "jax":
         os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+        return
+    if backend == "torch":
+        import torch
+
+        torch.set_num_threads(count)
+        try:
+            torch.set_num_interop_threads(count)
+        except RuntimeError:  # only settable before torch's first parallel work
+            log.debug("torch inter-op threads already fixed")
         return
     if backend != "tensorflow":
         return
     import tensorflow as tf
 
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(count)
+        tf.config.threading.set_inter_op_parallelism_threads(count)
+    except RuntimeError:  # TensorFlow already initialised (a second model in one process)
+        log.debug("TensorFlow threads already configured")
     try:
         gpus = tf.config.list_physical_devices("GPU")
         if device == "cpu":

@@ -111,6 +111,16 @@ def summary(latencies: list[float], seconds: float) -> tuple[float, float, float
     return len(latencies) / seconds, statistics.median(latencies) * 1e3, p99 * 1e3
 
 
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system, all threads) a process has used so far, from /proc.
+
+    Per request, it is a steadier measure than throughput on a shared machine: a
+    neighbour's load slows a server down but does not add to its CPU time.
+    """
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def rss_bytes(pid: int) -> int:
     """Resident set size of a process, from /proc."""
     pages = int(Path(f"/proc/{pid}/statm").read_text().split()[1])

@@ -11,7 +11,9 @@ variant alike), at concurrency 1, 8, 32 and 64, batch-1 requests of 27 KB:
   4 on        flatscope Predict, batching on
   5 inspect   flatscope Inspect, batching on (18,432 extra floats per reply)
 Prints requests/s, p50 and p99 (medians over rounds), the ratios the project
-tracks, the compiled forward pass p50 measured in this process, and server RSS.
+tracks, the server's CPU time per request (steadier than throughput on a shared
+machine), the compiled forward pass p50 measured in this process (with the model
+threads the server uses), and server RSS.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from common import (  # noqa: E402
+    cpu_seconds,
     drive,
     flatscope,
     free_port,
@@ -77,14 +80,19 @@ def main() -> None:
         rss_loaded = {name: rss_bytes(server.pid) for name, (server, _, _) in cells.items()}
         rss_peak = dict(rss_loaded)
         results: dict[tuple[str, int], list[tuple[float, float, float]]] = {}
+        cpu: dict[tuple[str, int], list[float]] = {}
         for _ in range(args.rounds):
             for concurrency in CONCURRENCY:
                 for name, (server, method, request) in cells.items():
                     # The naive server manages ~15 requests/s: fewer seconds keep the
                     # run short without changing its figures.
                     seconds = args.seconds / 2 if name == "naive" else args.seconds
+                    cpu_before = cpu_seconds(server.pid)
                     latencies = asyncio.run(
                         drive(server.target, method, request, concurrency, seconds)
+                    )
+                    cpu.setdefault((name, concurrency), []).append(
+                        (cpu_seconds(server.pid) - cpu_before) / len(latencies) * 1e6
                     )
                     results.setdefault((name, concurrency), []).append(summary(latencies, seconds))
                     rss_peak[name] = max(rss_peak[name], rss_bytes(server.pid))
@@ -110,6 +118,18 @@ def main() -> None:
             f"on/off {on_rps / table[('off', c)][0]:.2f}   "
             f"inspect/on {table[('inspect', c)][0] / on_rps:.2f}"
         )
+    print("\nserver CPU per request (us; medians over rounds)")
+    print(f"{'server':<8} " + " ".join(f"{'c=' + str(c):>8}" for c in CONCURRENCY))
+    for name in cells:
+        row = " ".join(f"{statistics.median(cpu[(name, c)]):>8.0f}" for c in CONCURRENCY)
+        print(f"{name:<8} {row}")
+    print(
+        "  on/echo "
+        + " ".join(
+            f"{statistics.median(cpu[('on', c)]) / statistics.median(cpu[('echo', c)]):>8.2f}"
+            for c in CONCURRENCY
+        )
+    )
     echo_p50 = table[("echo", 1)][1]
     on_p50 = table[("on", 1)][1]
     print(

@@ -371,3 +371,30 @@ def test_a_request_cancelled_during_its_pass_is_no_drop(executor):
     np.testing.assert_array_equal(run(scenario())[0], [[2.5]])
     labels = {"model": "m", "reason": "cancelled"}
     assert metrics.registry.get_sample_value("flatscope_requests_dropped_total", labels) is None
+
+
+def test_in_flight_counts_queued_and_running_requests_and_drops_none(executor):
+    model = Model()
+
+    async def scenario():
+        batcher = Batcher(model, BatchingConfig(), executor)
+        model.hold()
+        running = asyncio.create_task(batcher.submit(_examples(0, 1)))
+        await _wait_for_pass(model)
+        queued = [asyncio.create_task(batcher.submit(_examples(10 + i, 2))) for i in range(3)]
+        cancelled = asyncio.create_task(batcher.submit(_examples(90, 1)))
+        await asyncio.sleep(0.01)
+        assert batcher.in_flight == 5
+        cancelled.cancel()
+        await asyncio.sleep(0)
+        assert batcher.in_flight == 4
+        model.gate.set()
+        await asyncio.gather(running, *queued)
+        assert batcher.in_flight == 0
+        model.fail_on = 7.0
+        with pytest.raises(ValueError):
+            await batcher.submit(_examples(7, 1))
+        assert batcher.in_flight == 0
+        await batcher.close()
+
+    run(scenario())

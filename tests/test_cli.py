@@ -25,6 +25,7 @@ from processes import (
 
 from flatscope.client import Client
 from flatscope.default_model import digits_split
+from flatscope.inference.runner import model_threads
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +33,12 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     """One server for the module, configured through FLATSCOPE_* variables only."""
     log = tmp_path_factory.mktemp("server") / "serve.log"
     process = ServerProcess(
-        log, env={"FLATSCOPE_MAX_BATCH_SIZE": "7", "FLATSCOPE_MODEL_NAME": "digits-test"}
+        log,
+        env={
+            "FLATSCOPE_MAX_BATCH_SIZE": "7",
+            "FLATSCOPE_MODEL_NAME": "digits-test",
+            "FLATSCOPE_MODEL_THREADS": "3",
+        },
     )
     with process.serving() as started:
         yield started
@@ -58,6 +64,8 @@ def test_startup_log_names_address_model_backend_and_device(server: ServerProces
     assert (backend, device) == (meta.backend, meta.device)
     assert backend in ("tensorflow", "jax", "torch")
     assert device == "cpu" or device.startswith("gpu:")
+    if backend != "jax":  # XLA keeps its own thread count
+        assert f"{backend}: 3 thread(s) per forward pass" in server.log()
 
 
 def test_environment_variables_configure_the_server(client: Client):
@@ -92,6 +100,8 @@ def test_flag_wins_over_environment_variable_and_sigterm_exits_0(tmp_path: Path)
         process.kill()
     assert code == 0, process.log()
     assert "shutting down (grace 0.5 s)" in process.log()
+    # By default a pass leaves one of the CPUs this process may use to the event loop.
+    assert f": {model_threads(0)} thread(s) per forward pass" in process.log()
     assert "Traceback" not in process.log()
 
 

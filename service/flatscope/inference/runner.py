@@ -85,14 +85,18 @@ def compile_model(
     )
 
 
-def available_cpus() -> int:
+def available_cpus(cpu_max: Path = Path("/sys/fs/cgroup/cpu.max")) -> int:
     """CPUs this process may use: its affinity, capped by a cgroup v2 CPU quota.
 
-    A container limited to 2 CPUs on a 64-core host sees 64 in ``os.cpu_count()``.
+    A container limited to 2 CPUs on a 64-core host sees 64 in ``os.cpu_count()``;
+    a fractional quota rounds up.
+
+    Args:
+        cpu_max: The cgroup v2 ``cpu.max`` file ("QUOTA PERIOD" or "max PERIOD").
     """
     count = len(os.sched_getaffinity(0))
     try:
-        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()
+        quota, period = cpu_max.read_text().split()
         if quota != "max":
             count = min(count, max(1, math.ceil(int(quota) / int(period))))
     except (OSError, ValueError):  # no cgroup v2 file, or one we cannot read
@@ -120,6 +124,8 @@ def configure_devices(device: str = "auto", threads: int = 0) -> None:
         raise ModelLoadError(f"device {device!r} is not one of {DEVICES}")
     backend = keras.backend.backend()
     count = model_threads(threads)
+    if backend in ("tensorflow", "torch"):
+        log.info("%s: %d thread(s) per forward pass", backend, count)
     if backend == "jax":
         os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
         return

@@ -10,10 +10,11 @@ import grpc
 import numpy as np
 import pytest
 from conftest import ServerThread, settings
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.parser import text_string_to_metric_families
 
 from flatscope.grpc import converters
+from flatscope.metrics import LATENCY_BUCKETS, Buckets
 from flatscope.v1 import model_service_pb2 as pb
 
 SERVICE = "flatscope.v1.ModelService"
@@ -185,3 +186,25 @@ def test_metrics_port_0_measures_nothing():
             assert client.predict(IMAGES).classes.shape == (3,)
     finally:
         server.stop()
+
+
+def test_rpc_buckets_expose_what_a_prometheus_client_histogram_would():
+    """RpcMetrics keeps its numbers by hand; the client library's Histogram is the oracle."""
+    rng = np.random.default_rng(5)
+    values = [*LATENCY_BUCKETS, 0.0, 11.0, *rng.exponential(0.01, 500).tolist()]
+    registry = CollectorRegistry()
+    oracle = Histogram("oracle_seconds", "oracle", buckets=LATENCY_BUCKETS, registry=registry)
+    ours = Buckets(LATENCY_BUCKETS)
+    for value in values:
+        oracle.observe(value)
+        ours.observe(value)
+
+    buckets, total = ours.exposition()
+    expected = {
+        sample.labels["le"]: sample.value
+        for sample in next(iter(registry.collect())).samples
+        if sample.name == "oracle_seconds_bucket"
+    }
+    assert dict(buckets) == expected
+    assert buckets[-1] == ("+Inf", len(values))
+    assert total == pytest.approx(registry.get_sample_value("oracle_seconds_sum"))

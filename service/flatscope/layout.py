@@ -116,8 +116,10 @@ class FlattenLayout:
             An int64 array of shape (count, rank): row ``k`` is the source index of flat
             index ``start + k``. The caller keeps the range inside [0, flat_size).
         """
-        flat = np.arange(start, start + count, dtype=np.int64)
         rows = np.empty((count, self.rank), dtype=np.int64)
+        if count == 0:
+            return rows
+        flat = np.arange(start, start + count, dtype=np.int64)
         for axis, (stride, size) in enumerate(zip(self.strides, self.source_shape, strict=True)):
             rows[:, axis] = (flat // stride) % size
         return rows

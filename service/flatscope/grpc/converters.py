@@ -5,6 +5,8 @@ Used both ways: by the servicer (requests in, replies out) and by the client.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 from google.protobuf.message import Message
 
@@ -144,6 +146,19 @@ def layout_message(
     layout: FlattenLayout, coordinate_start: int, coordinates: np.ndarray
 ) -> pb.FlattenLayout:
     """Builds the FlattenLayout message, with one Coordinate per row of ``coordinates``."""
+    message = pb.FlattenLayout()
+    message.CopyFrom(_layout_fields(layout))
+    if len(coordinates):
+        message.coordinates.extend(
+            pb.Coordinate(flat_index=coordinate_start + k, source_index=row)
+            for k, row in enumerate(coordinates.tolist())
+        )
+    return message
+
+
+@functools.lru_cache(maxsize=64)
+def _layout_fields(layout: FlattenLayout) -> pb.FlattenLayout:
+    """The layout's fixed fields, built once per layout (every Inspect reply has them)."""
     return pb.FlattenLayout(
         layer_name=layout.layer_name,
         data_format=layout.data_format,
@@ -155,10 +170,6 @@ def layout_message(
         flat_order=layout.flat_order,
         source_data_format=layout.source_data_format,
         note=layout.note,
-        coordinates=[
-            pb.Coordinate(flat_index=coordinate_start + k, source_index=row)
-            for k, row in enumerate(coordinates.tolist())
-        ],
     )
 
 

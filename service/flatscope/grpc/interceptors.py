@@ -11,7 +11,7 @@ import grpc
 
 from flatscope.batching import DEADLINE_SLACK
 from flatscope.errors import FlatscopeError
-from flatscope.metrics import Metrics
+from flatscope.metrics import Metrics, RpcMetrics
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ class RpcInterceptor(grpc.aio.ServerInterceptor):
         kind = _rpc_type(handler)
         calls = None
         if self._metrics is not None:
-            calls = _CallMetrics(self._metrics, full_method, kind)
+            calls = self._metrics.rpcs.method(full_method, kind)
         if kind == "unary":
             return _guarded_unary(full_method, handler, calls)
         if calls is None:
@@ -59,7 +59,7 @@ class RpcInterceptor(grpc.aio.ServerInterceptor):
 
 
 def _guarded_unary(
-    full_method: str, handler: grpc.RpcMethodHandler, calls: _CallMetrics | None
+    full_method: str, handler: grpc.RpcMethodHandler, calls: RpcMetrics | None
 ) -> grpc.RpcMethodHandler:
     """A unary handler with errors mapped to statuses, measured when ``calls`` is set."""
     inner = handler.unary_unary
@@ -105,7 +105,7 @@ def _guarded_unary(
     else:
 
         async def guarded(request, context: grpc.aio.ServicerContext):
-            calls.started.inc()
+            calls.started += 1
             start = time.perf_counter()
             code = "OK"
             try:
@@ -122,7 +122,7 @@ def _guarded_unary(
 
 
 def _measured_stream(
-    handler: grpc.RpcMethodHandler, kind: str, calls: _CallMetrics
+    handler: grpc.RpcMethodHandler, kind: str, calls: RpcMetrics
 ) -> grpc.RpcMethodHandler:
     """A streaming handler (health Watch, reflection), counted and timed."""
     behaviour = (
@@ -141,7 +141,7 @@ def _measured_stream(
         return data
 
     async def measured(request, context: grpc.aio.ServicerContext):
-        calls.started.inc()
+        calls.started += 1
         start = time.perf_counter()
         code = "OK"
         try:
@@ -163,27 +163,6 @@ def _measured_stream(
         "bidi_stream": grpc.stream_stream_rpc_method_handler,
     }[kind]
     return factory(measured, request_deserializer=deserialize, response_serializer=serialize)
-
-
-class _CallMetrics:
-    """One method's metric children, looked up once."""
-
-    def __init__(self, metrics: Metrics, full_method: str, kind: str):
-        service, _, method = full_method.lstrip("/").rpartition("/")
-        self._labels = (service, method, kind)
-        self._metrics = metrics
-        self.started = metrics.rpc_started.labels(*self._labels)
-        self.request_bytes = metrics.request_bytes.labels(method)
-        self.response_bytes = metrics.response_bytes.labels(method)
-        self._seconds = metrics.rpc_seconds.labels(*self._labels)
-        self._handled: dict[str, object] = {}  # status code -> counter child
-
-    def finished(self, code: str, seconds: float) -> None:
-        self._seconds.observe(seconds)
-        counter = self._handled.get(code)
-        if counter is None:
-            counter = self._handled[code] = self._metrics.rpc_handled.labels(*self._labels, code)
-        counter.inc()
 
 
 def _final_code(exc: BaseException, context: grpc.aio.ServicerContext) -> str:

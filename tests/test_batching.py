@@ -12,7 +12,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from flatscope.batching import Batcher, BatchingConfig
-from flatscope.errors import DeadlineExceededError, ResourceExhaustedError
+from flatscope.errors import DeadlineExceededError, NotReadyError, ResourceExhaustedError
 from flatscope.metrics import Metrics
 
 
@@ -398,3 +398,26 @@ def test_in_flight_counts_queued_and_running_requests_and_drops_none(executor):
         await batcher.close()
 
     run(scenario())
+
+
+def test_close_fails_queued_requests_answers_the_running_pass_and_refuses_new_ones(executor):
+    model = Model()
+
+    async def scenario():
+        batcher = Batcher(model, BatchingConfig(), executor)
+        model.hold()
+        running = asyncio.create_task(batcher.submit(_examples(0, 1)))
+        await _wait_for_pass(model)
+        queued = asyncio.create_task(batcher.submit(_examples(5, 1)))
+        await asyncio.sleep(0.01)
+        await batcher.close()
+        model.gate.set()
+        (sums,) = await running
+        assert sums.tolist() == [[0.5]]
+        with pytest.raises(asyncio.CancelledError):
+            await queued
+        with pytest.raises(NotReadyError, match="shutting down"):
+            await batcher.submit(_examples(9, 1))
+
+    run(scenario())
+    assert model.batch_sizes() == [1]

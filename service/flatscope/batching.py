@@ -1,7 +1,8 @@
 """Dynamic batching: requests from every RPC share forward passes.
 
-Requests queue; one consumer packs them into a batch and runs one forward pass off the
-event loop, then hands every request its own rows. A request that reaches an idle
+Requests queue; whenever the model is free, the batcher packs them into a batch and
+runs one forward pass off the event loop (one pass at a time), then hands every
+request its own rows. A request that reaches an idle
 model runs at once; requests that arrive while a pass runs are packed together, up to
 ``max_batch_size`` examples, or until the oldest has waited ``batch_timeout``.
 """
@@ -18,7 +19,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from flatscope.errors import DeadlineExceededError, ResourceExhaustedError
+from flatscope.errors import DeadlineExceededError, NotReadyError, ResourceExhaustedError
 from flatscope.metrics import Metrics
 
 # run(inputs, extras) -> arrays whose first axis is the batch: with extras False only
@@ -92,9 +93,10 @@ class Batcher:
         self._queued_examples = 0
         self._in_flight = 0
         self._limit = config.max_enqueued_batches * config.max_batch_size
-        self._wakeup = asyncio.Event()
-        self._busy = False
-        self._consumer: asyncio.Task | None = None
+        self._busy = False  # a pass is running
+        self._closed = False
+        self._timer: asyncio.TimerHandle | None = None  # wakes a waiting batch at its timeout
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     @property
     def in_flight(self) -> int:
@@ -114,6 +116,7 @@ class Batcher:
         Raises:
             ResourceExhaustedError: The queue is full.
             DeadlineExceededError: The deadline passed while the request waited.
+            NotReadyError: The batcher was closed (the server is shutting down).
             Exception: Whatever the forward pass raised.
         """
         count = len(inputs)
@@ -123,12 +126,13 @@ class Batcher:
                 f"the model's queue is full ({self._queued_examples} examples waiting, "
                 f"limit {self._limit}); retry with backoff"
             )
-        if self._consumer is None:
-            self._consumer = asyncio.create_task(self._consume(), name="flatscope-batcher")
+        if self._closed:
+            raise NotReadyError("the server is shutting down; retry on another replica")
+        loop = self._loop = asyncio.get_running_loop()
         pending = _Pending(
             inputs=inputs,
             extras=extras,
-            future=asyncio.get_running_loop().create_future(),
+            future=loop.create_future(),
             enqueued=time.monotonic(),
             deadline=deadline,
             found_idle=not self._busy and not self._queue,
@@ -136,7 +140,7 @@ class Batcher:
         self._queue.append(pending)
         self._queued_examples += count
         self._in_flight += 1
-        self._wakeup.set()
+        self._schedule()
         try:
             return await pending.future
         except asyncio.CancelledError:
@@ -162,47 +166,82 @@ class Batcher:
         self._queued_examples -= len(pending.inputs)
 
     async def close(self) -> None:
-        """Stops the consumer; requests still queued fail."""
-        if self._consumer is not None:
-            self._consumer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._consumer
-            self._consumer = None
+        """Stops batching; requests still queued fail (a running pass still answers)."""
+        self._closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         while self._queue:
             pending = self._queue.popleft()
             if not pending.future.done():
                 pending.future.cancel()
         self._queued_examples = 0
 
-    async def _consume(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            if not self._queue:
-                self._wakeup.clear()
-                await self._wakeup.wait()
-                continue
+    def _schedule(self) -> None:
+        """Starts a pass if the model is free and the queue's head may go; else arms a timer.
+
+        Runs on the event loop after every change (a request queued, a pass finished, a
+        timeout): no task waits on events, so a batch costs one executor hand-off and
+        one wake-up of the loop.
+        """
+        if self._busy or self._closed:
+            return
+        while self._queue:
             wait = self._fill_time_left()
             if wait > 0:
-                self._wakeup.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wakeup.wait(), wait)
-                continue
+                if self._timer is None:
+                    assert self._loop is not None  # set by submit
+                    self._timer = self._loop.call_later(wait, self._on_timer)
+                return
             batch = self._take()
-            if not batch:
-                continue
-            self._busy = True
-            try:
-                results = await loop.run_in_executor(self._executor, self._run_batch, batch)
-            except Exception as exc:  # every waiter learns of the failure
-                for pending in batch:
-                    if not pending.future.done():
-                        pending.future.set_exception(exc)
+            if batch:
+                self._start(batch)
+                return
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._schedule()
+
+    def _start(self, batch: list[_Pending]) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        loop = self._loop
+        assert loop is not None  # set by submit
+        self._busy = True
+        try:
+            running = self._executor.submit(self._run_batch, batch)
+        except RuntimeError as exc:  # the executor was shut down
+            self._finish(batch, exc)
+            return
+
+        def done(future: concurrent.futures.Future) -> None:  # on the executor's thread
+            if future.cancelled():  # the executor was shut down with the pass still queued
+                outcome: list[list[np.ndarray]] | BaseException | None = None
             else:
-                for pending, rows in zip(batch, results, strict=True):
-                    if not pending.future.done():
-                        pending.future.set_result(rows)
-            finally:
-                self._busy = False
+                outcome = future.exception() or future.result()
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+                loop.call_soon_threadsafe(self._finish, batch, outcome)
+
+        running.add_done_callback(done)
+
+    def _finish(
+        self, batch: list[_Pending], outcome: list[list[np.ndarray]] | BaseException | None
+    ) -> None:
+        """Back on the loop: every waiter gets its rows, the pass's error, or (None) cancelled."""
+        self._busy = False
+        if outcome is None:
+            for pending in batch:
+                pending.future.cancel()
+        elif isinstance(outcome, BaseException):
+            for pending in batch:
+                if not pending.future.done():
+                    pending.future.set_exception(outcome)
+        else:
+            for pending, rows in zip(batch, outcome, strict=True):
+                if not pending.future.done():
+                    pending.future.set_result(rows)
+        self._schedule()
 
     def _fill_time_left(self) -> float:
         """Seconds the head of the queue may still wait for its batch to fill."""

@@ -7,6 +7,11 @@ Two real server processes, one measuring (``--metrics-port`` set) and one not
 in this process at concurrency 1, 16 and 64. Prints requests/s, p50, p99 and the
 server's CPU time per request per variant (medians over rounds) and the ratios on/off.
 CPU per request is the steadiest of these on a shared machine.
+
+Then it times, in this process, exactly the metric updates the server makes for one
+batch-1 Predict (the RPC counters and histograms, the queue time, and the per-pass
+batch size and inference time) and prints that cost as a share of the "off" server's
+CPU per request: the part of the overhead that does not drown in the machine's noise.
 """
 
 from __future__ import annotations
@@ -15,7 +20,11 @@ import argparse
 import asyncio
 import statistics
 import sys
+import time
+import timeit
 from pathlib import Path
+
+from prometheus_client import CollectorRegistry
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -28,6 +37,8 @@ from common import (  # noqa: E402
     server_process,
     summary,
 )
+
+from flatscope.metrics import Metrics  # noqa: E402
 
 CONCURRENCY = (1, 16, 64)
 
@@ -74,6 +85,35 @@ def main() -> None:
             f"concurrency {concurrency}: throughput on/off = {on_rps / off_rps:.3f}, "
             f"p50 on/off = {on_p50 / off_p50:.3f}, CPU per request on/off = {on_cpu / off_cpu:.3f}"
         )
+    updates_us = _metric_updates_us(request.ByteSize())
+    print(f"\nmetric updates per batch-1 Predict, timed alone: {updates_us:.2f} us")
+    for concurrency in CONCURRENCY:
+        off_cpu = median[("off", concurrency)][3]
+        print(
+            f"  = {100 * updates_us / off_cpu:.2f} % of the server's CPU per request "
+            f"at concurrency {concurrency} ({off_cpu:.0f} us)"
+        )
+
+
+def _metric_updates_us(request_bytes: int, calls: int = 200_000) -> float:
+    """Microseconds of the metric updates one batch-1 Predict makes (a pass of its own)."""
+    metrics = Metrics(CollectorRegistry(), process=False)
+    rpc = metrics.rpcs.method("/flatscope.v1.ModelService/Predict", "unary")
+    queue = metrics.queue_seconds.labels("digits")
+    batch = metrics.batch_size.labels("digits")
+    inference = metrics.inference_seconds.labels("digits")
+
+    def one_request() -> None:
+        rpc.request_bytes.observe(request_bytes)
+        rpc.started += 1
+        start = time.perf_counter()
+        queue.observe(0.0001)
+        batch.observe(1)
+        inference.observe(0.0005)
+        rpc.response_bytes.observe(80)
+        rpc.finished("OK", time.perf_counter() - start)
+
+    return timeit.timeit(one_request, number=calls) / calls * 1e6
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """The floor: a bare gRPC server that answers Predict without a model.
 
-It speaks flatscope.v1.ModelService with the same server options as flatscope and
-replies with a fixed (1, 10) output, so a client pays for exactly the transport.
+It speaks flatscope.v1.ModelService with the same server options and event loop as
+flatscope and replies with a fixed (1, 10) output, so a client pays for exactly the
+transport.
 Run: ``python bench/echo_server.py PORT``.
 """
 
@@ -13,6 +14,7 @@ import sys
 import grpc
 import numpy as np
 
+from flatscope.cli import event_loop_factory
 from flatscope.grpc import converters
 from flatscope.settings import Settings
 from flatscope.v1 import model_service_pb2 as pb
@@ -44,4 +46,6 @@ async def main(port: int) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main(int(sys.argv[1])))
+    # The same event loop as flatscope serve picks by default.
+    with asyncio.Runner(loop_factory=event_loop_factory(Settings().event_loop)) as runner:
+        runner.run(main(int(sys.argv[1])))

@@ -64,6 +64,7 @@ def test_startup_log_names_address_model_backend_and_device(server: ServerProces
     assert (backend, device) == (meta.backend, meta.device)
     assert backend in ("tensorflow", "jax", "torch")
     assert device == "cpu" or device.startswith("gpu:")
+    assert "event loop: uvloop" in server.log()
     if backend != "jax":  # XLA keeps its own thread count
         assert f"{backend}: 3 thread(s) per forward pass" in server.log()
 
@@ -86,7 +87,11 @@ def test_flag_wins_over_environment_variable_and_sigterm_exits_0(tmp_path: Path)
         tmp_path / "serve.log",
         "--max-batch-size",
         "5",
-        env={"FLATSCOPE_MAX_BATCH_SIZE": "7", "FLATSCOPE_SHUTDOWN_GRACE": "0.5"},
+        env={
+            "FLATSCOPE_MAX_BATCH_SIZE": "7",
+            "FLATSCOPE_SHUTDOWN_GRACE": "0.5",
+            "FLATSCOPE_EVENT_LOOP": "asyncio",
+        },
     )
     try:
         process.start()
@@ -100,6 +105,7 @@ def test_flag_wins_over_environment_variable_and_sigterm_exits_0(tmp_path: Path)
         process.kill()
     assert code == 0, process.log()
     assert "shutting down (grace 0.5 s)" in process.log()
+    assert "event loop: asyncio" in process.log()
     # By default a pass leaves one of the CPUs this process may use to the event loop.
     assert f": {model_threads(0)} thread(s) per forward pass" in process.log()
     assert "Traceback" not in process.log()

@@ -7,6 +7,7 @@ import asyncio
 import logging
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -114,11 +115,29 @@ def _serve(args: argparse.Namespace) -> int:
     from flatscope.grpc.server import serve
 
     try:
-        asyncio.run(serve(settings))
+        with asyncio.Runner(loop_factory=event_loop_factory(settings.event_loop)) as runner:
+            runner.run(serve(settings))
     except (ModelLoadError, ConfigError) as exc:
         logging.getLogger("flatscope").error("cannot start: %s", exc)
         return 1
     return 0
+
+
+def event_loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """The loop factory for ``--event-loop``; None is asyncio's own loop.
+
+    Raises:
+        ConfigError: uvloop was asked for and is not installed.
+    """
+    if choice == "asyncio":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        if choice == "uvloop":
+            raise ConfigError("--event-loop uvloop, but uvloop is not installed") from None
+        return None
+    return uvloop.new_event_loop
 
 
 def _client(args: argparse.Namespace):

@@ -45,6 +45,11 @@ class Settings(BaseSettings):
         description="Where the model runs: a GPU when there is one (auto), or as forced. "
         "The backend is KERAS_BACKEND (tensorflow or jax).",
     )
+    event_loop: Literal["auto", "uvloop", "asyncio"] = Field(
+        "auto",
+        description="The asyncio event loop: uvloop (faster; auto uses it when installed) "
+        "or Python's own.",
+    )
     model_threads: int = Field(
         0,
         ge=0,

@@ -191,6 +191,7 @@ async def serve(settings: Settings) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stopping.set)
+    log.info("event loop: %s", type(loop).__module__.partition(".")[0])
     await server.start()
     try:
         loading = asyncio.create_task(server.load_model())

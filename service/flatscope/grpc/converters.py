@@ -73,13 +73,24 @@ def within_limit(reply: Message, limit: int, ask_for_less: str = ASK_FOR_LESS) -
 
 def to_tensor(array: np.ndarray, encoding: int = RAW) -> tensor_pb2.Tensor:
     """Encodes a float32 array as a Tensor, as raw little-endian bytes or typed values."""
+    message = tensor_pb2.Tensor()
+    fill_tensor(message, array, encoding)
+    return message
+
+
+def fill_tensor(message: tensor_pb2.Tensor, array: np.ndarray, encoding: int = RAW) -> None:
+    """Writes a float32 array into an empty Tensor field of a message being built.
+
+    Filling the field in place spares copying a built Tensor into the reply (for an
+    Inspect reply, 72 KB per example).
+    """
     array = np.ascontiguousarray(array, dtype="<f4")
-    message = tensor_pb2.Tensor(dtype=tensor_pb2.FLOAT32, shape=array.shape)
+    message.dtype = tensor_pb2.FLOAT32
+    message.shape.extend(array.shape)
     if encoding == TYPED:
         message.float_values.extend(array.ravel().tolist())
     else:
         message.raw_data = array.tobytes()
-    return message
 
 
 def from_tensor(tensor: tensor_pb2.Tensor) -> np.ndarray:
@@ -93,12 +104,13 @@ def from_tensor(tensor: tensor_pb2.Tensor) -> np.ndarray:
 
 def predict_response(result: Prediction, encoding: int) -> pb.PredictResponse:
     """Builds the PredictResponse for a core Prediction."""
-    return pb.PredictResponse(
+    reply = pb.PredictResponse(
         model_name=result.model_name,
         model_version=result.model_version,
-        outputs=to_tensor(result.outputs, encoding),
         classes=result.classes.tolist(),
     )
+    fill_tensor(reply.outputs, result.outputs, encoding)
+    return reply
 
 
 def prediction(reply: pb.PredictResponse) -> Prediction:
@@ -116,13 +128,13 @@ def inspect_response(result: InspectResult, encoding: int) -> pb.InspectResponse
     reply = pb.InspectResponse(
         model_name=result.model_name,
         model_version=result.model_version,
-        flattened=to_tensor(result.flattened, encoding),
-        outputs=to_tensor(result.outputs, encoding),
         layout=layout_message(result.layout, result.coordinate_start, result.coordinates),
         classes=result.classes.tolist(),
     )
+    fill_tensor(reply.flattened, result.flattened, encoding)
+    fill_tensor(reply.outputs, result.outputs, encoding)
     if result.source is not None:
-        reply.source.CopyFrom(to_tensor(result.source, encoding))
+        fill_tensor(reply.source, result.source, encoding)
     return reply
 
 

@@ -1,12 +1,15 @@
 """The cost of instrumentation: Predict with metrics on and off, side by side.
 
-Run: ``.venv/bin/python bench/metrics_overhead.py [--seconds 3 --rounds 5]``.
+Run: ``.venv/bin/python bench/metrics_overhead.py [--seconds 3 --rounds 6]`` (~4 min).
 
-Two real server processes, one measuring (``--metrics-port`` set) and one not
-(``--metrics-port 0``), are driven in interleaved rounds by an asynchronous gRPC client
-in this process at concurrency 1, 16 and 64. Prints requests/s, p50, p99 and the
-server's CPU time per request per variant (medians over rounds) and the ratios on/off.
-CPU per request is the steadiest of these on a shared machine.
+Each round starts two fresh server processes, one measuring (``--metrics-port`` set)
+and one not (``--metrics-port 0``), and drives them by turns from an asynchronous gRPC
+client in this process at concurrency 1, 16 and 64, the order alternating by round.
+Fresh processes per round matter on this shared 2-core machine: two identical servers
+started once can differ by 5-10 % for their whole life (where the scheduler puts their
+threads against the client's), which no number of rounds averages away. Prints
+requests/s, p50, p99 and the server's CPU time per request per variant (medians over
+rounds) and the ratios on/off.
 
 Then it times, in this process, exactly the metric updates the server makes for one
 batch-1 Predict (the RPC counters and histograms, the queue time, and the per-pass
@@ -46,17 +49,19 @@ CONCURRENCY = (1, 16, 64)
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seconds", type=float, default=3.0, help="per variant per round")
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=6)
     args = parser.parse_args()
 
     request = predict_request()
-    with (
-        server_process(flatscope("--metrics-port", str(free_port()))) as on,
-        server_process(flatscope("--metrics-port", "0")) as off,
-    ):
-        results: dict[tuple[str, int], list[tuple[float, ...]]] = {}
-        variants = [("on", on), ("off", off)]
-        for round_ in range(args.rounds):
+    results: dict[tuple[str, int], list[tuple[float, ...]]] = {}
+    for round_ in range(args.rounds):
+        with (
+            server_process(flatscope("--metrics-port", str(free_port()))) as on,
+            server_process(flatscope("--metrics-port", "0")) as off,
+        ):
+            variants = [("on", on), ("off", off)]
+            for server in (on, off):  # connect and warm up
+                asyncio.run(drive(server.target, "Predict", request, 16, 0.5))
             for concurrency in CONCURRENCY:
                 # Alternate which goes first, so neither gains from the order.
                 for name, server in variants if round_ % 2 == 0 else variants[::-1]:

@@ -153,7 +153,7 @@ class SingleWriterHistogram(Collector):
         documentation: The HELP text.
         labelnames: Label names; :meth:`labels` takes their values in this order.
         buckets: Upper bounds of the buckets, ascending.
-        registry: Where it is exported.
+        registry: Where it is exported; None when another collector exports it.
     """
 
     def __init__(
@@ -162,14 +162,15 @@ class SingleWriterHistogram(Collector):
         documentation: str,
         labelnames: Sequence[str],
         buckets: Sequence[float],
-        registry: CollectorRegistry,
+        registry: CollectorRegistry | None,
     ):
         self._name = name
         self._documentation = documentation
         self._labelnames = tuple(labelnames)
         self._bounds = tuple(buckets)
         self._children: dict[tuple[str, ...], Buckets] = {}
-        registry.register(self)
+        if registry is not None:
+            registry.register(self)
 
     def labels(self, *values: str) -> Buckets:
         """The child for these label values, made on first use."""
@@ -198,12 +199,16 @@ class RpcMetrics:
     __slots__ = ("labels", "started", "handled", "seconds", "request_bytes", "response_bytes")
 
     def __init__(
-        self, labels: tuple[str, str, str], request_bytes: Buckets, response_bytes: Buckets
+        self,
+        labels: tuple[str, str, str],
+        seconds: Buckets,
+        request_bytes: Buckets,
+        response_bytes: Buckets,
     ):
         self.labels = labels
         self.started = 0
         self.handled: dict[str, int] = {}
-        self.seconds = Buckets(LATENCY_BUCKETS)
+        self.seconds = seconds
         self.request_bytes = request_bytes
         self.response_bytes = response_bytes
 
@@ -224,15 +229,40 @@ class RpcCollector(Collector):
 
     def __init__(self):
         self._methods: dict[str, RpcMetrics] = {}
-        self._bytes: dict[str, tuple[Buckets, Buckets]] = {}
+        self._seconds = SingleWriterHistogram(
+            "grpc_server_handling_seconds",
+            "Time from the start of an RPC to its status, in seconds.",
+            RPC_LABELS,
+            LATENCY_BUCKETS,
+            None,
+        )
+        self._request_bytes = SingleWriterHistogram(
+            "flatscope_request_bytes",
+            "Size of request messages on the wire, in bytes.",
+            ("grpc_method",),
+            BYTE_BUCKETS,
+            None,
+        )
+        self._response_bytes = SingleWriterHistogram(
+            "flatscope_response_bytes",
+            "Size of response messages on the wire, in bytes.",
+            ("grpc_method",),
+            BYTE_BUCKETS,
+            None,
+        )
 
     def method(self, full_method: str, kind: str) -> RpcMetrics:
         """The metrics of ``/package.Service/Method``, made on first use."""
         found = self._methods.get(full_method)
         if found is None:
             service, _, method = full_method.lstrip("/").rpartition("/")
-            sizes = self._bytes.setdefault(method, (Buckets(BYTE_BUCKETS), Buckets(BYTE_BUCKETS)))
-            found = self._methods[full_method] = RpcMetrics((service, method, kind), *sizes)
+            labels = (service, method, kind)
+            found = self._methods[full_method] = RpcMetrics(
+                labels,
+                self._seconds.labels(*labels),
+                self._request_bytes.labels(method),
+                self._response_bytes.labels(method),
+            )
         return found
 
     def collect(self) -> Iterator[Metric]:
@@ -244,32 +274,14 @@ class RpcCollector(Collector):
             "RPCs completed on the server, by status code.",
             labels=(*RPC_LABELS, "grpc_code"),
         )
-        seconds = HistogramMetricFamily(
-            "grpc_server_handling_seconds",
-            "Time from the start of an RPC to its status, in seconds.",
-            labels=RPC_LABELS,
-        )
-        sizes = {
-            "request": HistogramMetricFamily(
-                "flatscope_request_bytes",
-                "Size of request messages on the wire, in bytes.",
-                labels=("grpc_method",),
-            ),
-            "response": HistogramMetricFamily(
-                "flatscope_response_bytes",
-                "Size of response messages on the wire, in bytes.",
-                labels=("grpc_method",),
-            ),
-        }
         for rpc in list(self._methods.values()):
             started.add_metric(rpc.labels, rpc.started)
             for code, count in list(rpc.handled.items()):
                 handled.add_metric((*rpc.labels, code), count)
-            seconds.add_metric(rpc.labels, *rpc.seconds.exposition())
-        for method, (request, response) in list(self._bytes.items()):
-            sizes["request"].add_metric((method,), *request.exposition())
-            sizes["response"].add_metric((method,), *response.exposition())
-        yield from (started, handled, seconds, *sizes.values())
+        yield started
+        yield handled
+        for histogram in (self._seconds, self._request_bytes, self._response_bytes):
+            yield from histogram.collect()
 
 
 class _GpuMemoryCollector(Collector):

@@ -18,10 +18,9 @@ from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc
 
 import flatscope
-from flatscope.core import ModelCore
 from flatscope.errors import InvalidInputError
 from flatscope.grpc import converters
-from flatscope.grpc.methods import add_unary_methods
+from flatscope.grpc.methods import PartialServicer
 from flatscope.grpc.servicer import call_deadline
 from flatscope.layout import FlattenLayout
 from flatscope.metadata import ModelDescription, TensorSpec
@@ -52,7 +51,7 @@ UNSUPPORTED_PARAMETERS = {
 }
 
 
-class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
+class InferenceServicer(PartialServicer, service_pb2_grpc.GRPCInferenceServiceServicer):
     """Serves the KServe v2 methods from a ModelCore.
 
     Args:
@@ -60,13 +59,8 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         max_reply_bytes: Largest reply the server may send.
     """
 
-    def __init__(self, core: ModelCore, max_reply_bytes: int):
-        self._core = core
-        self._max_reply_bytes = max_reply_bytes
-
-    def add_to_server(self, server: grpc.aio.Server) -> None:
-        """Registers the served methods on ``server``."""
-        add_unary_methods(server, SERVICE, self, METHODS)
+    service = SERVICE
+    methods = METHODS
 
     async def ServerLive(self, request: pb.ServerLiveRequest, context) -> pb.ServerLiveResponse:
         return pb.ServerLiveResponse(live=True)

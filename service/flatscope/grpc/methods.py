@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, ClassVar
 
 import grpc
 from google.protobuf import message_factory
 from google.protobuf.descriptor import ServiceDescriptor
+
+if TYPE_CHECKING:
+    from flatscope.core import ModelCore
 
 
 def add_unary_methods(
@@ -38,3 +42,25 @@ def add_unary_methods(
         (grpc.method_handlers_generic_handler(service.full_name, handlers),)
     )
     server.add_registered_method_handlers(service.full_name, handlers)
+
+
+class PartialServicer:
+    """Base of a servicer that serves some methods of a standard protocol from a ModelCore.
+
+    Subclasses name the ``service`` and the ``methods`` they serve.
+
+    Args:
+        core: The model core, shared with the other APIs.
+        max_reply_bytes: Largest reply the server may send.
+    """
+
+    service: ClassVar[ServiceDescriptor]
+    methods: ClassVar[tuple[str, ...]]
+
+    def __init__(self, core: ModelCore, max_reply_bytes: int):
+        self._core = core
+        self._max_reply_bytes = max_reply_bytes
+
+    def add_to_server(self, server: grpc.aio.Server) -> None:
+        """Registers the served methods on ``server``."""
+        add_unary_methods(server, self.service, self, self.methods)

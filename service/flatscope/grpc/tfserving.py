@@ -25,10 +25,9 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
-from flatscope.core import ModelCore
 from flatscope.errors import InvalidInputError, NotFoundError
 from flatscope.grpc import converters
-from flatscope.grpc.methods import add_unary_methods
+from flatscope.grpc.methods import PartialServicer
 from flatscope.grpc.servicer import call_deadline
 from flatscope.metadata import ModelDescription, TensorSpec
 from flatscope.signature import NamedResult, Signature
@@ -44,7 +43,7 @@ WORDING = Wording(dtype="DT_FLOAT", raw="tensor_content", values="float_val", ne
 ASK_FOR_LESS = "send fewer examples per request, or leave '<layer>/source' out of output_filter"
 
 
-class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
+class PredictionServicer(PartialServicer, prediction_service_pb2_grpc.PredictionServiceServicer):
     """Serves TF Serving's Predict and GetModelMetadata from a ModelCore.
 
     Args:
@@ -52,13 +51,8 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         max_reply_bytes: Largest reply the server may send.
     """
 
-    def __init__(self, core: ModelCore, max_reply_bytes: int):
-        self._core = core
-        self._max_reply_bytes = max_reply_bytes
-
-    def add_to_server(self, server: grpc.aio.Server) -> None:
-        """Registers the served methods on ``server``."""
-        add_unary_methods(server, SERVICE, self, METHODS)
+    service = SERVICE
+    methods = METHODS
 
     async def Predict(
         self, request: predict_pb2.PredictRequest, context: grpc.aio.ServicerContext

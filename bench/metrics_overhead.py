@@ -1,15 +1,20 @@
 """The cost of instrumentation: Predict with metrics on and off, side by side.
 
-Run: ``.venv/bin/python bench/metrics_overhead.py [--seconds 3 --rounds 6]`` (~4 min).
+Run: ``.venv/bin/python bench/metrics_overhead.py [--seconds 3 --rounds 6]`` (~5 min).
 
-Each round starts two fresh server processes, one measuring (``--metrics-port`` set)
-and one not (``--metrics-port 0``), and drives them by turns from an asynchronous gRPC
-client in this process at concurrency 1, 16 and 64, the order alternating by round.
-Fresh processes per round matter on this shared 2-core machine: two identical servers
+Each round starts three fresh server processes: one measuring (``--metrics-port``
+set) and two identical ones that do not (``--metrics-port 0``), and drives them by
+turns from an asynchronous gRPC client in this process at concurrency 1, 16 and 64.
+The second unmeasured server is an A/A control: the ratio between two servers that
+differ in nothing is this machine's noise floor, printed next to the on/off ratio.
+
+Two biases on this shared 2-core machine shape the design. Two identical servers
 started once can differ by 5-10 % for their whole life (where the scheduler puts their
-threads against the client's), which no number of rounds averages away. Prints
-requests/s, p50, p99 and the server's CPU time per request per variant (medians over
-rounds) and the ratios on/off.
+threads against the client's), so every round starts fresh processes. And the server
+started first runs measurably slower (an A/A run with a fixed start order read
+"0.95-0.98" for two identical servers), so the start order and the order of turns
+both rotate from round to round. Ratios are medians over rounds of each round's own
+ratio (paired: the servers of one round share the machine's mood).
 
 Then it times, in this process, exactly the metric updates the server makes for one
 batch-1 Predict (the RPC counters and histograms, the queue time, and the per-pass
@@ -21,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import statistics
 import sys
 import time
@@ -44,6 +50,8 @@ from common import (  # noqa: E402
 from flatscope.metrics import Metrics  # noqa: E402
 
 CONCURRENCY = (1, 16, 64)
+VARIANTS = ("on", "off", "off again")  # "off again": the A/A control
+MEASURES = ("req/s", "p50 ms", "p99 ms", "cpu us/req")
 
 
 def main() -> None:
@@ -53,18 +61,22 @@ def main() -> None:
     args = parser.parse_args()
 
     request = predict_request()
+    # (variant, concurrency) -> one (req/s, p50, p99, cpu us) per round
     results: dict[tuple[str, int], list[tuple[float, ...]]] = {}
     for round_ in range(args.rounds):
-        with (
-            server_process(flatscope("--metrics-port", str(free_port()))) as on,
-            server_process(flatscope("--metrics-port", "0")) as off,
-        ):
-            variants = [("on", on), ("off", off)]
-            for server in (on, off):  # connect and warm up
+        with contextlib.ExitStack() as stack:
+            servers = {}
+            for name in _rotated(VARIANTS, round_):  # who starts first rotates
+                port = str(free_port()) if name == "on" else "0"
+                servers[name] = stack.enter_context(
+                    server_process(flatscope("--metrics-port", port))
+                )
+            for server in servers.values():  # connect and warm up
                 asyncio.run(drive(server.target, "Predict", request, 16, 0.5))
+            turns = _rotated(VARIANTS, round_ + 1 + round_ // len(VARIANTS))
             for concurrency in CONCURRENCY:
-                # Alternate which goes first, so neither gains from the order.
-                for name, server in variants if round_ % 2 == 0 else variants[::-1]:
+                for name in turns:
+                    server = servers[name]
                     cpu_before = cpu_seconds(server.pid)
                     latencies = asyncio.run(
                         drive(server.target, "Predict", request, concurrency, args.seconds)
@@ -74,30 +86,49 @@ def main() -> None:
                         (*summary(latencies, args.seconds), cpu_us)
                     )
 
-    print(f"{'metrics':<8} {'conc':>4} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'cpu us/req':>11}")
-    median = {
-        key: tuple(statistics.median(r[i] for r in rounds) for i in range(4))
-        for key, rounds in results.items()
-    }
-    for (name, concurrency), (rps, p50, p99, cpu) in sorted(
-        median.items(), key=lambda kv: kv[0][1]
-    ):
-        print(f"{name:<8} {concurrency:>4} {rps:>8.0f} {p50:>8.2f} {p99:>8.2f} {cpu:>11.0f}")
+    print(f"{'metrics':<10} {'conc':>4} " + " ".join(f"{m:>10}" for m in MEASURES))
     for concurrency in CONCURRENCY:
-        on_rps, on_p50, _, on_cpu = median[("on", concurrency)]
-        off_rps, off_p50, _, off_cpu = median[("off", concurrency)]
-        print(
-            f"concurrency {concurrency}: throughput on/off = {on_rps / off_rps:.3f}, "
-            f"p50 on/off = {on_p50 / off_p50:.3f}, CPU per request on/off = {on_cpu / off_cpu:.3f}"
-        )
+        for name in VARIANTS:
+            rounds = results[(name, concurrency)]
+            medians = [statistics.median(r[i] for r in rounds) for i in range(len(MEASURES))]
+            print(
+                f"{name:<10} {concurrency:>4} "
+                + " ".join(
+                    f"{m:>10.2f}" if i in (1, 2) else f"{m:>10.0f}" for i, m in enumerate(medians)
+                )
+            )
+    print("\nratios, median over rounds of each round's ratio (A/A: two identical servers)")
+    print(f"{'conc':>4} {'':>6} {'throughput':>11} {'p50':>7} {'cpu/req':>8}")
+    for concurrency in CONCURRENCY:
+        for label, name in (("on/off", "on"), ("A/A", "off again")):
+            ratios = [
+                _paired_ratio(results[(name, concurrency)], results[("off", concurrency)], i)
+                for i in (0, 1, 3)
+            ]
+            print(
+                f"{concurrency:>4} {label:>6} "
+                + " ".join(f"{r:>{w}.3f}" for r, w in zip(ratios, (11, 7, 8), strict=True))
+            )
     updates_us = _metric_updates_us(request.ByteSize())
     print(f"\nmetric updates per batch-1 Predict, timed alone: {updates_us:.2f} us")
     for concurrency in CONCURRENCY:
-        off_cpu = median[("off", concurrency)][3]
+        off_cpu = statistics.median(r[3] for r in results[("off", concurrency)])
         print(
             f"  = {100 * updates_us / off_cpu:.2f} % of the server's CPU per request "
             f"at concurrency {concurrency} ({off_cpu:.0f} us)"
         )
+
+
+def _rotated(names: tuple[str, ...], by: int) -> tuple[str, ...]:
+    by %= len(names)
+    return names[by:] + names[:by]
+
+
+def _paired_ratio(
+    rounds: list[tuple[float, ...]], baseline: list[tuple[float, ...]], measure: int
+) -> float:
+    """Median over rounds of ``rounds[r][measure] / baseline[r][measure]``."""
+    return statistics.median(a[measure] / b[measure] for a, b in zip(rounds, baseline, strict=True))
 
 
 def _metric_updates_us(request_bytes: int, calls: int = 200_000) -> float:

@@ -1,8 +1,8 @@
 """Throughput and latency under load, against the transport's floor and a naive server.
 
-Run: ``.venv/bin/python bench/throughput.py`` (about five minutes) or ``--quick`` (one).
+Run: ``.venv/bin/python bench/throughput.py`` (about six minutes) or ``--quick`` (two).
 
-Starts five servers as processes of their own and drives them from this process with
+Starts six servers as processes of their own and drives them from this process with
 an asynchronous gRPC client, in interleaved rounds (so a noisy machine hits every
 variant alike), at concurrency 1, 8, 32 and 64, batch-1 requests of 27 KB:
   1 echo      a bare gRPC server answering Predict without a model (the floor)
@@ -10,6 +10,13 @@ variant alike), at concurrency 1, 8, 32 and 64, batch-1 requests of 27 KB:
   3 off       flatscope Predict, batching off
   4 on        flatscope Predict, batching on
   5 inspect   flatscope Inspect, batching on (18,432 extra floats per reply)
+  6 ceiling   flatscope Predict, batching on, serving a model that does almost no
+              work (the same input, Flatten, Dense(10)): what flatscope itself costs,
+              the best any model could do
+Every round starts the servers afresh, in an order that rotates: on this shared
+machine a server keeps the luck of its start for its whole life (two identical
+servers differ by 5-10 %, and the first started runs slowest); the order of turns
+rotates as well.
 Prints requests/s, p50 and p99 (medians over rounds), the ratios the project
 tracks, the server's CPU time per request (steadier than throughput on a shared
 machine), the compiled forward pass p50 measured in this process (with the model
@@ -20,8 +27,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -57,45 +66,62 @@ def main() -> None:
 
     predict = predict_request()
     inspect = pb.InspectRequest(inputs=predict.inputs)
-    servers = {
-        "echo": [sys.executable, str(HERE / "echo_server.py"), "0"],
-        "naive": [sys.executable, str(HERE / "naive_server.py"), "0"],
-        "off": flatscope("--metrics-port", str(free_port()), "--batching", "false"),
-        "on": flatscope("--metrics-port", str(free_port())),
-    }
     forward_p50 = _forward_pass_p50()
-    with (
-        server_process(servers["echo"]) as echo,
-        server_process(servers["naive"]) as naive,
-        server_process(servers["off"]) as off,
-        server_process(servers["on"]) as on,
-    ):
-        cells = {
-            "echo": (echo, "Predict", predict),
-            "naive": (naive, "Predict", predict),
-            "off": (off, "Predict", predict),
-            "on": (on, "Predict", predict),
-            "inspect": (on, "Inspect", inspect),
+    with tempfile.TemporaryDirectory() as tmp:
+        ceiling_model = _ceiling_model(Path(tmp))
+        servers = {
+            "echo": [sys.executable, str(HERE / "echo_server.py"), "0"],
+            "naive": [sys.executable, str(HERE / "naive_server.py"), "0"],
+            "off": flatscope("--metrics-port", str(free_port()), "--batching", "false"),
+            "on": flatscope("--metrics-port", str(free_port())),
+            "ceiling": flatscope("--metrics-port", str(free_port()), "--model", ceiling_model),
         }
-        rss_loaded = {name: rss_bytes(server.pid) for name, (server, _, _) in cells.items()}
-        rss_peak = dict(rss_loaded)
+        cells = {  # name: (server, method, request)
+            "echo": ("echo", "Predict", predict),
+            "naive": ("naive", "Predict", predict),
+            "off": ("off", "Predict", predict),
+            "on": ("on", "Predict", predict),
+            "inspect": ("on", "Inspect", inspect),
+            "ceiling": ("ceiling", "Predict", predict),
+        }
+        rss_loaded: dict[str, list[int]] = {}
+        rss_peak: dict[str, list[int]] = {}
         results: dict[tuple[str, int], list[tuple[float, float, float]]] = {}
         cpu: dict[tuple[str, int], list[float]] = {}
-        for _ in range(args.rounds):
-            for concurrency in CONCURRENCY:
-                for name, (server, method, request) in cells.items():
-                    # The naive server manages ~15 requests/s: fewer seconds keep the
-                    # run short without changing its figures.
-                    seconds = args.seconds / 2 if name == "naive" else args.seconds
-                    cpu_before = cpu_seconds(server.pid)
-                    latencies = asyncio.run(
-                        drive(server.target, method, request, concurrency, seconds)
-                    )
-                    cpu.setdefault((name, concurrency), []).append(
-                        (cpu_seconds(server.pid) - cpu_before) / len(latencies) * 1e6
-                    )
-                    results.setdefault((name, concurrency), []).append(summary(latencies, seconds))
-                    rss_peak[name] = max(rss_peak[name], rss_bytes(server.pid))
+        for round_ in range(args.rounds):
+            with contextlib.ExitStack() as stack:
+                names = list(servers)
+                shift = round_ % len(names)
+                running = {
+                    name: stack.enter_context(server_process(servers[name]))
+                    for name in names[shift:] + names[:shift]
+                }
+                for name, server in running.items():
+                    rss_loaded.setdefault(name, []).append(rss_bytes(server.pid))
+                    rss_peak.setdefault(name, []).append(rss_bytes(server.pid))
+                # The order of turns rotates too: a server runs slower right after
+                # the naive one (its threads wind down for a while).
+                turns = list(cells)
+                turns = turns[2 * round_ % len(turns) :] + turns[: 2 * round_ % len(turns)]
+                for concurrency in CONCURRENCY:
+                    for name in turns:
+                        server_name, method, request = cells[name]
+                        server = running[server_name]
+                        # The naive server manages ~15 requests/s: fewer seconds keep
+                        # the run short without changing its figures.
+                        seconds = args.seconds / 2 if name == "naive" else args.seconds
+                        cpu_before = cpu_seconds(server.pid)
+                        latencies = asyncio.run(
+                            drive(server.target, method, request, concurrency, seconds)
+                        )
+                        cpu.setdefault((name, concurrency), []).append(
+                            (cpu_seconds(server.pid) - cpu_before) / len(latencies) * 1e6
+                        )
+                        results.setdefault((name, concurrency), []).append(
+                            summary(latencies, seconds)
+                        )
+                        peak = rss_peak[server_name]
+                        peak[-1] = max(peak[-1], rss_bytes(server.pid))
 
     table = {
         key: tuple(statistics.median(r[i] for r in rounds) for i in range(3))
@@ -111,12 +137,13 @@ def main() -> None:
         print(f"{name:<8} {row}")
     print("\nratios (throughput)")
     for c in CONCURRENCY:
-        on_rps = table[("on", c)][0]
+        on_rps, echo_rps = table[("on", c)][0], table[("echo", c)][0]
         print(
-            f"  c={c:<3} on/echo {on_rps / table[('echo', c)][0]:.2f}   "
+            f"  c={c:<3} on/echo {on_rps / echo_rps:.2f}   "
             f"on/naive {on_rps / table[('naive', c)][0]:.1f}   "
             f"on/off {on_rps / table[('off', c)][0]:.2f}   "
-            f"inspect/on {table[('inspect', c)][0] / on_rps:.2f}"
+            f"inspect/on {table[('inspect', c)][0] / on_rps:.2f}   "
+            f"ceiling/echo {table[('ceiling', c)][0] / echo_rps:.2f}"
         )
     print("\nserver CPU per request (us; medians over rounds)")
     print(f"{'server':<8} " + " ".join(f"{'c=' + str(c):>8}" for c in CONCURRENCY))
@@ -136,10 +163,28 @@ def main() -> None:
         f"\nidle latency: on p50 {on_p50:.2f} ms vs echo p50 {echo_p50:.2f} ms + "
         f"forward pass p50 {forward_p50:.2f} ms = {on_p50 / (echo_p50 + forward_p50):.2f}x"
     )
-    print("\nserver RSS (MiB): after load -> peak under load (ratio)")
-    for name in ("echo", "naive", "off", "on"):
-        loaded, peak = rss_loaded[name] / 2**20, rss_peak[name] / 2**20
-        print(f"  {name:<6} {loaded:7.0f} -> {peak:7.0f} ({peak / loaded:.2f})")
+    print("\nserver RSS (MiB, medians over rounds): after load -> peak under load (ratio)")
+    for name in servers:
+        loaded = statistics.median(rss_loaded[name]) / 2**20
+        peak = statistics.median(rss_peak[name]) / 2**20
+        print(f"  {name:<8} {loaded:7.0f} -> {peak:7.0f} ({peak / loaded:.2f})")
+
+
+def _ceiling_model(folder: Path) -> str:
+    """A model on the default model's input that does almost no work, saved in ``folder``."""
+    import keras
+
+    model = keras.Sequential(
+        [
+            keras.Input((48, 48, 3)),
+            keras.layers.Flatten(name="flatten"),
+            keras.layers.Dense(10, activation="softmax", name="digit"),
+        ],
+        name="ceiling",
+    )
+    path = folder / "ceiling.keras"
+    model.save(path)
+    return str(path)
 
 
 def _forward_pass_p50(calls: int = 200) -> float:

@@ -19,10 +19,13 @@ pytestmark = pytest.mark.skipif(
     keras.backend.backend() != "tensorflow", reason="the session path is TensorFlow's"
 )
 
+FROZEN = "tensorflow: passes run as a frozen graph in a session"
+EAGER = "tensorflow: passes run as eager concrete functions"
+
 
 def _convnet() -> keras.Model:
     # Batch norm after a convolution: constant folding would merge them and change floats.
-    return keras.Sequential(
+    model = keras.Sequential(
         [
             keras.Input((9, 8, 3)),
             keras.layers.Conv2D(4, 3, activation="relu", name="conv"),
@@ -33,31 +36,32 @@ def _convnet() -> keras.Model:
         ],
         name="convnet",
     )
-
-
-@pytest.mark.parametrize(
-    ("limit", "path"),
-    [
-        (runner.FROZEN_WEIGHTS_LIMIT, "as a frozen graph in a session"),
-        (0, "as eager concrete functions"),
-    ],
-    ids=["frozen", "eager"],
-)
-def test_both_paths_give_keras_floats_exactly(monkeypatch, caplog, limit, path):
-    monkeypatch.setattr(runner, "FROZEN_WEIGHTS_LIMIT", limit)
-    model = _convnet()
     # Weights away from their initial values, so that the norm does something.
     rng = np.random.default_rng(7)
     model.set_weights([rng.normal(size=w.shape).astype(np.float32) for w in model.weights])
     model.get_layer("norm").moving_variance.assign(rng.uniform(0.5, 2.0, 4).astype(np.float32))
-    flatten = model.get_layer("flatten")
-    with caplog.at_level(logging.INFO, logger=runner.__name__):
-        compiled = runner.compile_model(model, [flatten], device="cpu")
-    assert f"tensorflow: passes run {path}" in caplog.text
+    return model
 
+
+def _recurrent() -> keras.Model:
+    # An LSTM is a while loop: freezing inlines its body into the frozen graph.
+    return keras.Sequential(
+        [
+            keras.Input((6, 4)),
+            keras.layers.LSTM(3, return_sequences=True, name="lstm"),
+            keras.layers.Flatten(name="flatten"),
+            keras.layers.Dense(2, name="out"),
+        ],
+        name="recurrent",
+    )
+
+
+def _assert_keras_floats(compiled: runner.CompiledModel, model: keras.Model) -> None:
+    flatten = model.get_layer("flatten")
     probe = keras.Model(model.inputs[0], [model.outputs[0], flatten.input, flatten.output])
+    rng = np.random.default_rng(11)
     for batch in (1, 3, 8):
-        inputs = rng.random((batch, 9, 8, 3), dtype=np.float32)
+        inputs = rng.standard_normal((batch, *model.inputs[0].shape[1:]), dtype=np.float32)
         expected = [keras.ops.convert_to_numpy(t) for t in probe(inputs)]
         (predicted,) = compiled.run(inputs)
         outputs, source, flattened = compiled.run(inputs, extras=True)
@@ -65,3 +69,47 @@ def test_both_paths_give_keras_floats_exactly(monkeypatch, caplog, limit, path):
         np.testing.assert_array_equal(outputs, expected[0])
         np.testing.assert_array_equal(source, expected[1])
         np.testing.assert_array_equal(flattened, expected[2])
+
+
+def _compile(model: keras.Model, caplog) -> runner.CompiledModel:
+    with caplog.at_level(logging.INFO, logger=runner.__name__):
+        return runner.compile_model(model, [model.get_layer("flatten")], device="cpu")
+
+
+def _cpu_only():
+    import tensorflow as tf
+
+    if tf.config.list_logical_devices("GPU"):
+        pytest.skip("TensorFlow sees a GPU here: the session path is the CPU's")
+
+
+@pytest.mark.parametrize("build", [_convnet, _recurrent], ids=["convnet", "lstm"])
+def test_the_frozen_session_gives_keras_floats_exactly(caplog, build):
+    _cpu_only()
+    model = build()
+    compiled = _compile(model, caplog)
+    assert FROZEN in caplog.text
+    _assert_keras_floats(compiled, model)
+
+
+def test_past_the_weight_limit_the_model_runs_eagerly_with_the_same_floats(monkeypatch, caplog):
+    monkeypatch.setattr(runner, "FROZEN_WEIGHTS_LIMIT", 0)
+    model = _convnet()
+    compiled = _compile(model, caplog)
+    assert "MiB of weights, not frozen" in caplog.text
+    assert EAGER in caplog.text
+    _assert_keras_floats(compiled, model)
+
+
+def test_a_graph_that_does_not_freeze_runs_eagerly_with_the_same_floats(monkeypatch, caplog):
+    from tensorflow.python.framework import convert_to_constants
+
+    def refuse(function, *args, **kwargs):
+        raise ValueError("cannot freeze this graph")
+
+    monkeypatch.setattr(convert_to_constants, "convert_variables_to_constants_v2", refuse)
+    model = _convnet()
+    compiled = _compile(model, caplog)
+    assert "the frozen graph will not do (cannot freeze this graph)" in caplog.text
+    assert EAGER in caplog.text
+    _assert_keras_floats(compiled, model)

@@ -173,9 +173,13 @@ class _TensorFlowModel(CompiledModel):
         self._predict = tf.function(
             lambda x: model(x, training=False), input_signature=spec
         ).get_concrete_function()
-        self._inspect = tf.function(
-            lambda x: probe(x, training=False), input_signature=spec
-        ).get_concrete_function()
+
+        def trace_probe():
+            return tf.function(
+                lambda x: probe(x, training=False), input_signature=spec
+            ).get_concrete_function()
+
+        self._inspect = trace_probe()
         self._to_tensor = tf.convert_to_tensor
         self._session: _FrozenSession | None = None
         if gpus:
@@ -183,7 +187,10 @@ class _TensorFlowModel(CompiledModel):
                 "current"
             ]
         else:
-            self._session = _FrozenSession.build(self._inspect, model, self._eager_run)
+            # Frozen from a trace of its own: freezing replaces, in the eager context,
+            # the functions a graph calls (a loop's body, a branch) with frozen copies
+            # under the same names, which _inspect's graph must not pick up.
+            self._session = _FrozenSession.build(trace_probe(), model, self._eager_run)
         log.info(
             "tensorflow: passes run %s",
             "as a frozen graph in a session" if self._session else "as eager concrete functions",
@@ -262,16 +269,19 @@ class _FrozenSession:
                 session.make_callable(fetches[:1], feed_list=feed),
                 session.make_callable(fetches, feed_list=feed),
             )
-            probe = np.random.default_rng(0).random((2, *feed[0].shape[1:]), dtype=np.float32)
-            for extras in (False, True):
-                expected = eager_run(probe, extras)
-                got = built.run(probe, extras)
-                if len(got) != len(expected) or not all(
-                    np.array_equal(a, b) for a, b in zip(got, expected, strict=False)
-                ):
-                    raise ValueError("its results differ from the eager graph's")
+            rng = np.random.default_rng(0)
+            for batch in (1, 3):  # kernels may differ by batch size
+                probe = rng.standard_normal((batch, *feed[0].shape[1:]), dtype=np.float32)
+                for extras in (False, True):
+                    expected = eager_run(probe, extras)
+                    got = built.run(probe, extras)
+                    if len(got) != len(expected) or not all(
+                        np.array_equal(a, b) for a, b in zip(got, expected, strict=False)
+                    ):
+                        session.close()
+                        raise ValueError("its results differ from the eager graph's")
         except Exception as exc:  # any model the freezer or a session cannot take
-            log.info("tensorflow: the frozen graph will not do (%s); running eagerly", exc)
+            log.warning("tensorflow: the frozen graph will not do (%s); running eagerly", exc)
             return None
         return built
 

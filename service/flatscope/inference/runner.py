@@ -216,7 +216,7 @@ class _FrozenSession:
     numpy in one C++ call that releases the GIL (TF Serving runs sessions too): the
     difference is a quarter of a small model's batch-1 pass. Used on the CPU, for models
     whose weights fit :data:`FROZEN_WEIGHTS_LIMIT` (constants are held twice more), and
-    only when the frozen graph gives exactly the eager graph's floats on a probe batch.
+    only when the frozen graph gives exactly the eager graph's floats on probe batches.
     """
 
     def __init__(self, predict: Callable, inspect: Callable):

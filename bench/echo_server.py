@@ -1,8 +1,9 @@
-"""The floor: a bare gRPC server that answers Predict without a model.
+"""The floor: a bare gRPC server that answers Predict and Inspect without a model.
 
 It speaks flatscope.v1.ModelService with the same server options and event loop as
-flatscope and replies with a fixed (1, 10) output, so a client pays for exactly the
-transport.
+flatscope and replies with fixed messages of the default model's sizes (Predict: a
+(1, 10) output; Inspect: also the (1, 18432) Flatten output and a layout), so a client
+pays for exactly the transport.
 Run: ``python bench/echo_server.py PORT``.
 """
 
@@ -25,9 +26,29 @@ class Echo(model_service_pb2_grpc.ModelServiceServicer):
     def __init__(self):
         outputs = converters.to_tensor(np.full((1, 10), 0.1, np.float32))
         self._reply = pb.PredictResponse(model_name="echo", model_version="1", outputs=outputs)
+        flattened = converters.to_tensor(np.full((1, 18432), 0.1, np.float32))
+        layout = pb.FlattenLayout(
+            layer_name="flatten",
+            data_format="channels_last",
+            source_shape=(24, 24, 32),
+            axis_names=("height", "width", "channels"),
+            strides=(768, 32, 1),
+            flat_size=18432,
+        )
+        self._inspect_reply = pb.InspectResponse(
+            model_name="echo",
+            model_version="1",
+            flattened=flattened,
+            outputs=outputs,
+            layout=layout,
+            classes=[0],
+        )
 
     async def Predict(self, request, context):
         return self._reply
+
+    async def Inspect(self, request, context):
+        return self._inspect_reply
 
 
 async def main(port: int) -> None:

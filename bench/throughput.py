@@ -1,8 +1,8 @@
 """Throughput and latency under load, against the transport's floor and a naive server.
 
-Run: ``.venv/bin/python bench/throughput.py`` (about six minutes) or ``--quick`` (two).
+Run: ``.venv/bin/python bench/throughput.py`` (about seven minutes) or ``--quick`` (two).
 
-Starts six servers as processes of their own and drives them from this process with
+Starts five servers as processes of their own and drives them from this process with
 an asynchronous gRPC client, in interleaved rounds (so a noisy machine hits every
 variant alike), at concurrency 1, 8, 32 and 64, batch-1 requests of 27 KB:
   1 echo      a bare gRPC server answering Predict without a model (the floor)
@@ -10,7 +10,9 @@ variant alike), at concurrency 1, 8, 32 and 64, batch-1 requests of 27 KB:
   3 off       flatscope Predict, batching off
   4 on        flatscope Predict, batching on
   5 inspect   flatscope Inspect, batching on (18,432 extra floats per reply)
-  6 ceiling   flatscope Predict, batching on, serving a model that does almost no
+  6 echo-insp the echo answering Inspect with a reply of the same size (the floor
+              for Inspect: 73 KB replies instead of 60 bytes)
+  7 ceiling   flatscope Predict, batching on, serving a model that does almost no
               work (the same input, Flatten, Dense(10)): what flatscope itself costs,
               the best any model could do
 Every round starts the servers afresh, in an order that rotates: on this shared
@@ -82,6 +84,7 @@ def main() -> None:
             "off": ("off", "Predict", predict),
             "on": ("on", "Predict", predict),
             "inspect": ("on", "Inspect", inspect),
+            "echo-insp": ("echo", "Inspect", inspect),
             "ceiling": ("ceiling", "Predict", predict),
         }
         rss_loaded: dict[str, list[int]] = {}
@@ -143,6 +146,7 @@ def main() -> None:
             f"on/naive {on_rps / table[('naive', c)][0]:.1f}   "
             f"on/off {on_rps / table[('off', c)][0]:.2f}   "
             f"inspect/on {table[('inspect', c)][0] / on_rps:.2f}   "
+            f"(echo: {table[('echo-insp', c)][0] / echo_rps:.2f})   "
             f"ceiling/echo {table[('ceiling', c)][0] / echo_rps:.2f}"
         )
     print("\nserver CPU per request (us; medians over rounds)")

@@ -13,7 +13,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import grpc
@@ -103,6 +103,12 @@ async def drive(
 
         await asyncio.gather(*(worker() for _ in range(concurrency)))
     return latencies
+
+
+def rotated(names: Sequence[str], by: int) -> list[str]:
+    """``names`` rotated left by ``by``: a different server first in every round."""
+    by %= len(names)
+    return [*names[by:], *names[:by]]
 
 
 def summary(latencies: list[float], seconds: float) -> tuple[float, float, float]:

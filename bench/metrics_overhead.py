@@ -43,6 +43,7 @@ from common import (  # noqa: E402
     flatscope,
     free_port,
     predict_request,
+    rotated,
     server_process,
     summary,
 )
@@ -66,14 +67,14 @@ def main() -> None:
     for round_ in range(args.rounds):
         with contextlib.ExitStack() as stack:
             servers = {}
-            for name in _rotated(VARIANTS, round_):  # who starts first rotates
+            for name in rotated(VARIANTS, round_):  # who starts first rotates
                 port = str(free_port()) if name == "on" else "0"
                 servers[name] = stack.enter_context(
                     server_process(flatscope("--metrics-port", port))
                 )
             for server in servers.values():  # connect and warm up
                 asyncio.run(drive(server.target, "Predict", request, 16, 0.5))
-            turns = _rotated(VARIANTS, round_ + 1 + round_ // len(VARIANTS))
+            turns = rotated(VARIANTS, round_ + 1 + round_ // len(VARIANTS))
             for concurrency in CONCURRENCY:
                 for name in turns:
                     server = servers[name]
@@ -117,11 +118,6 @@ def main() -> None:
             f"  = {100 * updates_us / off_cpu:.2f} % of the server's CPU per request "
             f"at concurrency {concurrency} ({off_cpu:.0f} us)"
         )
-
-
-def _rotated(names: tuple[str, ...], by: int) -> tuple[str, ...]:
-    by %= len(names)
-    return names[by:] + names[:by]
 
 
 def _paired_ratio(

@@ -47,6 +47,7 @@ from common import (  # noqa: E402
     flatscope,
     free_port,
     predict_request,
+    rotated,
     rss_bytes,
     server_process,
     summary,
@@ -93,19 +94,16 @@ def main() -> None:
         cpu: dict[tuple[str, int], list[float]] = {}
         for round_ in range(args.rounds):
             with contextlib.ExitStack() as stack:
-                names = list(servers)
-                shift = round_ % len(names)
                 running = {
                     name: stack.enter_context(server_process(servers[name]))
-                    for name in names[shift:] + names[:shift]
+                    for name in rotated(list(servers), round_)
                 }
                 for name, server in running.items():
                     rss_loaded.setdefault(name, []).append(rss_bytes(server.pid))
                     rss_peak.setdefault(name, []).append(rss_bytes(server.pid))
                 # The order of turns rotates too: a server runs slower right after
                 # the naive one (its threads wind down for a while).
-                turns = list(cells)
-                turns = turns[2 * round_ % len(turns) :] + turns[: 2 * round_ % len(turns)]
+                turns = rotated(list(cells), 2 * round_)
                 for concurrency in CONCURRENCY:
                     for name in turns:
                         server_name, method, request = cells[name]

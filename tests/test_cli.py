@@ -15,12 +15,10 @@ import pytest
 from PIL import Image
 from processes import (
     CLI_TIMEOUT,
-    FLATSCOPE,
-    START_TIMEOUT,
     ServerProcess,
     assert_one_line_error,
-    clean_env,
     flatscope,
+    flatscope_all,
 )
 
 from flatscope.client import Client
@@ -113,29 +111,61 @@ def test_flag_wins_over_environment_variable_and_sigterm_exits_0(tmp_path: Path)
 
 def test_serve_missing_model_file_fails_with_one_line_error(tmp_path: Path):
     missing = tmp_path / "nonexistent.keras"
-    result = subprocess.run(
-        [str(FLATSCOPE), "serve", "--model", str(missing), "--port", "0", "--metrics-port", "0"],
-        capture_output=True,
-        text=True,
-        timeout=START_TIMEOUT,
-        env=clean_env(),
-    )
-    output = result.stdout + result.stderr
-    assert result.returncode == 1, output
-    assert "Traceback" not in output
-    errors = [line for line in output.splitlines() if "cannot start" in line]
-    assert len(errors) == 1, output
-    assert str(missing) in errors[0]
-    assert "does not exist" in errors[0]
+    result = flatscope("serve", "--model", str(missing), "--port", "0", "--metrics-port", "0")
+    assert result.returncode == 1, result.stderr
+    # The one line alone: no log lines of the steps before, no native runtime lines.
+    assert_one_line_error(result.stderr, "cannot start: ", str(missing), "does not exist")
 
 
-def test_serve_bad_setting_exits_2():
-    result = flatscope("serve", "--port", "-5")
+def test_serve_bad_setting_exits_2_with_one_line():
+    result = flatscope("serve", "--port", "-5", "--max-batch-size", "many")
     assert result.returncode == 2, result.stderr
-    assert "bad settings" in result.stderr
-    assert "port" in result.stderr
-    assert "greater than or equal to 0" in result.stderr
-    assert "Traceback" not in result.stderr
+    assert_one_line_error(
+        result.stderr,
+        "bad settings",
+        "--port -5: ",
+        "greater than or equal to 0",
+        "--max-batch-size many: ",
+    )
+
+
+def test_serve_unknown_flag_exits_2_with_one_line():
+    result = flatscope("serve", "--prot", "8500")
+    assert result.returncode == 2, result.stderr
+    assert_one_line_error(result.stderr, "unrecognized arguments: --prot", "--help")
+
+
+def test_second_server_on_a_port_in_use_fails_and_the_first_keeps_serving(
+    server: ServerProcess,
+):
+    # gRPC sets SO_REUSEPORT: without the server turning it off, this one would start and
+    # take half of the new connections.
+    port = server.target.rsplit(":", 1)[1]
+    # /metrics on a port that is in use: a listening socket is enough (no SO_REUSEPORT there).
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        metrics_port = str(busy.getsockname()[1])
+        grpc_in_use, metrics_in_use = flatscope_all(
+            ["serve", "--port", port, "--metrics-port", "0"],
+            ["serve", "--port", "0", "--metrics-port", metrics_port],
+        )
+    assert grpc_in_use.returncode == 1, grpc_in_use.stderr
+    assert_one_line_error(
+        grpc_in_use.stderr,
+        f"cannot listen on 127.0.0.1:{port}: ",
+        "the port is in use",
+        "choose another with --port",
+    )
+    assert metrics_in_use.returncode == 1, metrics_in_use.stderr
+    assert_one_line_error(
+        metrics_in_use.stderr,
+        f"cannot serve /metrics on 127.0.0.1:{metrics_port}: ",
+        "the port is in use",
+        "choose another with --metrics-port",
+    )
+    with Client(server.target, timeout=CLI_TIMEOUT) as client:
+        assert client.health() == "SERVING"
 
 
 def test_help_lists_commands_and_serve_flags():

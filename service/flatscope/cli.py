@@ -9,12 +9,13 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import NoReturn
 
 import numpy as np
 from pydantic import ValidationError
 
 from flatscope import logs
-from flatscope.errors import ConfigError, ModelLoadError
+from flatscope.errors import ConfigError, ModelLoadError, one_line
 from flatscope.settings import Settings
 
 DEFAULT_TARGET = "127.0.0.1:8500"
@@ -27,8 +28,15 @@ def main(argv: list[str] | None = None) -> int:
     return args.run(args)
 
 
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose usage errors are one line (the usage itself is in --help)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {one_line(message)} (see {self.prog} --help)\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="flatscope",
         description="Serve a Keras CNN over gRPC and see exactly what its Flatten layer does.",
     )
@@ -109,17 +117,27 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         settings = Settings(**overrides)
     except ValidationError as exc:
-        print(f"flatscope serve: bad settings:\n{exc}", file=sys.stderr)
+        print(f"flatscope serve: bad settings: {_problems(exc)}", file=sys.stderr)
         return 2
     logs.configure(settings.log_level, settings.log_format)
-    from flatscope.grpc.server import serve
-
+    # A failed start prints its one error line alone; at DEBUG, everything as it comes.
+    if settings.log_level != "DEBUG":
+        logs.hold_stderr()
     try:
+        from flatscope.grpc.server import serve
+
         with asyncio.Runner(loop_factory=event_loop_factory(settings.event_loop)) as runner:
             runner.run(serve(settings))
     except (ModelLoadError, ConfigError) as exc:
-        logging.getLogger("flatscope").error("cannot start: %s", exc)
+        logs.release_stderr(replay=False)
+        message = f"cannot start: {one_line(str(exc))}"
+        if settings.log_format == "json":
+            logging.getLogger("flatscope").error(message)
+        else:
+            print(f"flatscope: {message}", file=sys.stderr)
         return 1
+    finally:
+        logs.release_stderr()  # the server releases it once it is serving
     return 0
 
 
@@ -138,6 +156,19 @@ def event_loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] |
             raise ConfigError("--event-loop uvloop, but uvloop is not installed") from None
         return None
     return uvloop.new_event_loop
+
+
+def _problems(exc: ValidationError) -> str:
+    """The settings' validation errors on one line, each with its flag and value."""
+    problems = []
+    for error in exc.errors():
+        message = error["msg"].removeprefix("Value error, ")
+        if error["loc"]:
+            name = str(error["loc"][0])
+            problems.append(f"--{name.replace('_', '-')} {error['input']!s}: {message}")
+        else:
+            problems.append(message)
+    return one_line("; ".join(problems))
 
 
 def _client(args: argparse.Namespace):

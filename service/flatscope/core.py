@@ -91,6 +91,12 @@ class ModelCore:
         if self._owns_executor:
             self._executor.shutdown(wait=False, cancel_futures=True)
 
+    @property
+    def model_name(self) -> str:
+        """The served model's name; empty while it loads."""
+        served = self._served
+        return "" if served is None else served.description.name
+
     def is_ready(self, model_name: str = "", model_version: str = "") -> bool:
         """True when the model so named (empty: any) is served and warmed up."""
         served = self._served

@@ -63,6 +63,12 @@ class NotReadyError(FlatscopeError):
     code = Code.UNAVAILABLE
 
 
+class ShuttingDownError(FlatscopeError):
+    """The server is draining before it stops; the client should retry elsewhere."""
+
+    code = Code.UNAVAILABLE
+
+
 class ModelLoadError(FlatscopeError):
     """The model file cannot be served; raised at startup, not per request."""
 
@@ -73,3 +79,13 @@ class ConfigError(FlatscopeError):
     """A setting cannot be used (a TLS file, an address); raised at startup, not per request."""
 
     code = Code.FAILED_PRECONDITION
+
+
+def one_line(text: str) -> str:
+    """``text`` with all of its content on one line, for a log line or a status message.
+
+    Each line's runs of whitespace become one space; the non-blank lines are joined by
+    " | " (a Keras error such as ``"in user code:\\n\\n    File ..."`` keeps every part).
+    """
+    lines = (" ".join(line.split()) for line in text.splitlines())
+    return " | ".join(line for line in lines if line)

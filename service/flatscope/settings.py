@@ -80,8 +80,44 @@ class Settings(BaseSettings):
     max_concurrent_rpcs: int = Field(
         1024,
         ge=0,
-        description="Most RPCs served at once, health checks included; beyond it calls fail "
-        "at once with RESOURCE_EXHAUSTED (0: no limit).",
+        description="Most model calls served at once, counted from the moment a call's "
+        "request has arrived; beyond it calls fail at once with RESOURCE_EXHAUSTED. Health "
+        "checks are never refused (0: no limit).",
+    )
+    memory_budget: int = Field(
+        1024 * MiB,
+        ge=0,
+        description="Bytes the server may hold for model calls, estimated from message "
+        "sizes: requests being served, queued and run, and replies not yet sent; one "
+        "connection may hold a quarter of it. Beyond it calls fail at once with "
+        "RESOURCE_EXHAUSTED (0: no limit).",
+    )
+    receive_timeout: float = Field(
+        10.0,
+        gt=0,
+        description="Seconds a call's request message may take to arrive after its "
+        "headers; a slower or stalled upload ends with DEADLINE_EXCEEDED.",
+    )
+    max_streams_per_connection: int = Field(
+        4096,
+        ge=1,
+        description="Calls one client connection may have open at once (HTTP/2 "
+        "MAX_CONCURRENT_STREAMS). A client that opens more before it has read this setting "
+        "gets UNAVAILABLE for the excess (the stream is refused), so keep it well above "
+        "what one client sends at once; a stream that sends no message costs little and "
+        "ends after --receive-timeout.",
+    )
+    max_connection_age: float = Field(
+        300.0,
+        gt=0,
+        description="Seconds after which a connection is asked to close (GOAWAY); clients "
+        "reconnect, which also spreads them over replicas behind a load balancer.",
+    )
+    max_connection_age_grace: float = Field(
+        30.0,
+        ge=0,
+        description="Seconds calls on an aged connection get to finish before it is closed; "
+        "this also bounds how long a reply that its client never reads is held.",
     )
     max_coordinates: int = Field(
         65536, ge=0, description="Most layout coordinate rows returned by one Inspect."

@@ -21,6 +21,7 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc
 from tritonclient.utils import InferenceServerException
+from waiting import settled
 
 import flatscope
 from flatscope.client import Client
@@ -293,12 +294,14 @@ def test_requests_through_each_api_share_one_batcher_and_the_metrics(default_ser
         sample("flatscope_batch_size_count", model="digits"),
     )
     client.infer("digits", [infer_input(images())])
-    after = (
-        sample("grpc_server_handled_total", grpc_service=SERVICE, **handled),
-        sample("flatscope_batch_size_count", model="digits"),
+    after = settled(
+        lambda: (
+            sample("grpc_server_handled_total", grpc_service=SERVICE, **handled),
+            sample("flatscope_batch_size_count", model="digits"),
+        ),
+        (before[0] + 1, before[1] + 1),
     )
-    assert after[0] == before[0] + 1
-    assert after[1] == before[1] + 1
+    assert after == (before[0] + 1, before[1] + 1)
 
 
 ONE = (1, 48, 48, 3)

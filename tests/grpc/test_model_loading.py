@@ -2,21 +2,18 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
 import keras
 import pytest
-from processes import flatscope_all
+from processes import assert_one_line_error, flatscope, flatscope_all
 
+from flatscope import default_model
 from flatscope.errors import ModelLoadError
 from flatscope.inference import load_served_model
-
-FLATSCOPE = Path(sys.executable).parent / "flatscope"
-START_TIMEOUT = 120.0  # seconds for a server process to load (or refuse) the model
+from flatscope.inference.archive import DEFAULT_CAPS, ArchiveCaps, MiB, check_archive
 
 
 def _lambda_model() -> keras.Model:
@@ -85,6 +82,18 @@ def _truncated_file(tmp: Path) -> Path:
     return path
 
 
+def _zip_bomb_file(tmp: Path) -> Path:
+    """A ~70 KB ``.keras`` zip whose config.json inflates to 1 MiB past the cap (zeros)."""
+    path = tmp / "bomb.keras"
+    chunk = bytes(MiB)
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("metadata.json", "{}")
+        with archive.open("config.json", "w") as member:
+            for _ in range(DEFAULT_CAPS.json_bytes // MiB + 1):
+                member.write(chunk)
+    return path
+
+
 REFUSED = [
     pytest.param(_lambda_file, ["cannot load", "Lambda", "safe_mode"], id="lambda-layer"),
     pytest.param(
@@ -99,6 +108,11 @@ REFUSED = [
     pytest.param(_text_file, ["cannot load"], id="text-file-named-keras"),
     pytest.param(_missing_file, ["does not exist"], id="missing-file"),
     pytest.param(_truncated_file, ["cannot load"], id="truncated-keras-file"),
+    pytest.param(
+        _zip_bomb_file,
+        ["member config.json inflates to 68,157,440 bytes", "past the cap of 67,108,864 bytes"],
+        id="zip-bomb",
+    ),
 ]
 
 
@@ -118,40 +132,69 @@ def test_unservable_model_is_refused_with_one_line(
 
 def test_serve_refuses_a_lambda_model_with_one_line(tmp_path: Path):
     path = _lambda_file(tmp_path)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FLATSCOPE_")}
-    result = subprocess.run(
-        [str(FLATSCOPE), "serve", "--model", str(path), "--port", "0", "--metrics-port", "0"],
-        capture_output=True,
-        text=True,
-        timeout=START_TIMEOUT,
-        env=env,
-    )
-    output = result.stdout + result.stderr
-    assert result.returncode == 1, output
-    assert "Traceback" not in output, output
-    errors = [line for line in output.splitlines() if "cannot start" in line]
-    assert len(errors) == 1, output
-    assert str(path) in errors[0]
-    assert "Lambda" in errors[0]
-    assert "safe_mode" in errors[0]
+    result = flatscope("serve", "--model", str(path), "--port", "0", "--metrics-port", "0")
+    assert result.returncode == 1, result.stderr
+    assert_one_line_error(result.stderr, "cannot start: ", str(path), "Lambda", "safe_mode")
 
 
-def test_serve_exits_1_with_one_line_for_truncated_and_non_keras_files(tmp_path: Path):
+def test_serve_exits_1_with_one_line_for_truncated_non_keras_and_bomb_files(tmp_path: Path):
     # The other refusals take the same path (ModelLoadError); each process costs seconds.
     files = [
         (_truncated_file, "cannot load"),
         (_text_file, "cannot load"),
         (_h5_file, "not a .keras file"),
+        (_zip_bomb_file, "past the cap of"),
     ]
     paths = [make(tmp_path) for make, _ in files]
     results = flatscope_all(
         *(["serve", "--model", str(path), "--port", "0", "--metrics-port", "0"] for path in paths)
     )
     for path, (_, fragment), result in zip(paths, files, results, strict=True):
-        output = result.stdout + result.stderr
-        assert result.returncode == 1, output
-        assert "Traceback" not in output, output
-        errors = [line for line in output.splitlines() if "cannot start" in line]
-        assert len(errors) == 1, output
-        assert str(path) in errors[0], output
-        assert fragment in errors[0], output
+        assert result.returncode == 1, result.stderr
+        assert_one_line_error(result.stderr, "cannot start: ", str(path), fragment)
+
+
+# The caps on a .keras archive, each past its limit by a little (small caps, small files).
+
+
+def test_zip_bomb_is_small_on_disk(tmp_path: Path):
+    assert _zip_bomb_file(tmp_path).stat().st_size < MiB
+
+
+@pytest.mark.parametrize(
+    ("caps", "fragments"),
+    [
+        pytest.param(
+            ArchiveCaps(archive_bytes=1000),
+            ["the file is", "past the cap of 1,000 bytes"],
+            id="file",
+        ),
+        pytest.param(
+            ArchiveCaps(member_bytes=100_000),
+            ["member model.weights.h5 inflates to", "past the cap of 100,000 bytes"],
+            id="member",
+        ),
+        pytest.param(
+            ArchiveCaps(total_bytes=100_000),
+            ["its members inflate to", "together, past the cap of 100,000 bytes"],
+            id="total",
+        ),
+        pytest.param(
+            ArchiveCaps(members=2), ["the archive has 3 members, past the cap of 2"], id="members"
+        ),
+    ],
+)
+def test_archive_past_a_cap_is_refused_naming_file_member_size_and_cap(
+    caps: ArchiveCaps, fragments: list[str]
+):
+    model = default_model.model_path()
+    with pytest.raises(ModelLoadError) as caught:
+        check_archive(model, caps)
+    message = str(caught.value)
+    assert message.startswith(f"cannot load {model}: "), message
+    for fragment in fragments:
+        assert fragment in message, f"{fragment!r} not in {message!r}"
+
+
+def test_default_caps_pass_the_embedded_model():
+    check_archive(default_model.model_path())

@@ -22,6 +22,7 @@ from tensorflow_serving.apis import (
     predict_pb2,
 )
 from tensorflow_serving.apis.prediction_service_pb2_grpc import PredictionServiceStub
+from waiting import settled
 
 from flatscope.client import Client
 
@@ -164,7 +165,10 @@ def test_requests_are_measured_under_their_service(default_server, stub):
     }
     before = registry.get_sample_value("grpc_server_handled_total", labels) or 0.0
     stub.Predict(predict_request(images()), timeout=TIMEOUT)
-    assert registry.get_sample_value("grpc_server_handled_total", labels) == before + 1
+    handled = settled(
+        lambda: registry.get_sample_value("grpc_server_handled_total", labels), before + 1
+    )
+    assert handled == before + 1
 
 
 def assert_serving(stub) -> None:

@@ -51,8 +51,16 @@ ASK_FOR_LESS = (
 )
 
 
-def within_limit(reply: Message, limit: int, ask_for_less: str = ASK_FOR_LESS) -> Message:
-    """Returns ``reply`` if it fits in ``limit`` bytes.
+def encoded(
+    reply: Message,
+    limit: int,
+    ask_for_less: str = ASK_FOR_LESS,
+    payloads: Payloads | None = None,
+) -> bytes:
+    """``reply`` serialized, followed by ``payloads``, if it fits in ``limit`` bytes.
+
+    A model reply is serialized here, once, to learn its size (``ByteSize()`` serializes
+    too); the gRPC layer sends these bytes as they are.
 
     Args:
         reply: The reply message.
@@ -62,13 +70,16 @@ def within_limit(reply: Message, limit: int, ask_for_less: str = ASK_FOR_LESS) -
     Raises:
         ResourceExhaustedError: It does not fit; the message says how to ask for less.
     """
-    size = reply.ByteSize()
+    data = reply.SerializeToString()
+    size = len(data) + (payloads.size if payloads is not None else 0)
     if size > limit:
         raise ResourceExhaustedError(
             f"the reply would be {size} bytes, above this server's limit of {limit} "
             f"(--max-send-message-bytes); {ask_for_less}"
         )
-    return reply
+    if payloads is None or not payloads.parts:
+        return data
+    return b"".join((data, *payloads.parts))
 
 
 def to_tensor(array: np.ndarray, encoding: int = RAW) -> tensor_pb2.Tensor:
@@ -78,19 +89,104 @@ def to_tensor(array: np.ndarray, encoding: int = RAW) -> tensor_pb2.Tensor:
     return message
 
 
-def fill_tensor(message: tensor_pb2.Tensor, array: np.ndarray, encoding: int = RAW) -> None:
+def fill_tensor(
+    message: tensor_pb2.Tensor,
+    array: np.ndarray,
+    encoding: int = RAW,
+    payloads: Payloads | None = None,
+    field: str = "",
+) -> None:
     """Writes a float32 array into an empty Tensor field of a message being built.
 
     Filling the field in place spares copying a built Tensor into the reply (for an
     Inspect reply, 72 KB per example).
+
+    Args:
+        message: The empty Tensor field.
+        array: The values.
+        encoding: RAW or TYPED.
+        payloads: Where the elements of a large array go instead, to follow the reply's
+            own bytes on the wire (see :class:`Payloads`); None puts them in ``message``.
+        field: The name of ``message``'s field in the reply, when ``payloads`` is set.
     """
     array = np.ascontiguousarray(array, dtype="<f4")
     message.dtype = tensor_pb2.FLOAT32
     message.shape.extend(array.shape)
-    if encoding == TYPED:
-        message.float_values.extend(array.ravel().tolist())
+    elements = "float_values" if encoding == TYPED else "raw_data"
+    if payloads is not None and array.nbytes >= SPLICE_BYTES:
+        payloads.add(field, elements, array)
+    elif encoding == TYPED:
+        add_floats(message, elements, array)
     else:
         message.raw_data = array.tobytes()
+
+
+SPLICE_BYTES = 64 * 1024
+
+
+class Payloads:
+    """Tensor elements that follow a reply's serialized bytes instead of going into it.
+
+    On the wire a message field may come more than once, and parsers merge the pieces;
+    and ``raw_data`` (bytes) and ``float_values`` (packed floats) have the same
+    encoding: a tag, a length, the little-endian float32 bytes. So a large tensor's
+    elements can be joined after the serialized reply, straight from the array's memory,
+    rather than copied into the message, copied again when it is serialized and once
+    more when it is sent: the event loop, which does all three, stays free for other
+    calls (a 38 MB Inspect reply held it ~0.1 s the other way).
+
+    Args:
+        reply: The reply's message class.
+    """
+
+    def __init__(self, reply: type[Message]):
+        self._reply = reply.DESCRIPTOR
+        self.parts: list[bytes | memoryview] = []
+        self.size = 0
+
+    def add(self, field: str, elements: str, array: np.ndarray) -> None:
+        """Appends ``array`` as the ``elements`` field of the reply's Tensor ``field``."""
+        outer = self._reply.fields_by_name[field].number
+        inner = _TENSOR_FIELDS[elements]
+        data = memoryview(array).cast("B")
+        inner_head = _varint(inner << 3 | _LENGTH_DELIMITED) + _varint(data.nbytes)
+        outer_head = _varint(outer << 3 | _LENGTH_DELIMITED)
+        outer_head += _varint(len(inner_head) + data.nbytes)
+        self.parts += (outer_head, inner_head, data)
+        self.size += len(outer_head) + len(inner_head) + data.nbytes
+
+
+def add_floats(message: Message, field: str, array: np.ndarray) -> None:
+    """Appends ``array``'s values, as float32, to the repeated float ``field`` of ``message``.
+
+    The values go in as the field's own wire encoding (its tag, a length, then the
+    little-endian floats: a packed repeated float), parsed into the message by
+    protobuf's C parser. ``extend()`` would make a Python float of every value: 1.5 s on
+    the event loop for a 38 MB Inspect reply, against 0.05 s this way.
+    """
+    number = message.DESCRIPTOR.fields_by_name[field].number
+    values = np.ascontiguousarray(array, dtype="<f4").ravel()
+    encoded = bytearray(_varint(number << 3 | _LENGTH_DELIMITED))
+    encoded += _varint(values.nbytes)
+    encoded += memoryview(values).cast("B")
+    message.MergeFromString(encoded)
+
+
+_LENGTH_DELIMITED = 2  # the wire type of bytes, messages and packed repeated fields
+_TENSOR_FIELDS = {
+    name: tensor_pb2.Tensor.DESCRIPTOR.fields_by_name[name].number
+    for name in ("raw_data", "float_values")
+}
+
+
+def _varint(value: int) -> bytes:
+    """``value`` as a protobuf base-128 varint."""
+    out = bytearray()
+    while value > 0x7F:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
 
 
 def from_tensor(tensor: tensor_pb2.Tensor) -> np.ndarray:
@@ -102,14 +198,16 @@ def from_tensor(tensor: tensor_pb2.Tensor) -> np.ndarray:
     return np.frombuffer(tensor.raw_data, dtype=dtype).reshape(shape)
 
 
-def predict_response(result: Prediction, encoding: int) -> pb.PredictResponse:
-    """Builds the PredictResponse for a core Prediction."""
+def predict_response(
+    result: Prediction, encoding: int, payloads: Payloads | None = None
+) -> pb.PredictResponse:
+    """Builds the PredictResponse for a core Prediction (large tensors into ``payloads``)."""
     reply = pb.PredictResponse(
         model_name=result.model_name,
         model_version=result.model_version,
         classes=result.classes.tolist(),
     )
-    fill_tensor(reply.outputs, result.outputs, encoding)
+    fill_tensor(reply.outputs, result.outputs, encoding, payloads, "outputs")
     return reply
 
 
@@ -123,18 +221,20 @@ def prediction(reply: pb.PredictResponse) -> Prediction:
     )
 
 
-def inspect_response(result: InspectResult, encoding: int) -> pb.InspectResponse:
-    """Builds the InspectResponse for a core InspectResult."""
+def inspect_response(
+    result: InspectResult, encoding: int, payloads: Payloads | None = None
+) -> pb.InspectResponse:
+    """Builds the InspectResponse for a core InspectResult (large tensors into ``payloads``)."""
     reply = pb.InspectResponse(
         model_name=result.model_name,
         model_version=result.model_version,
         layout=layout_message(result.layout, result.coordinate_start, result.coordinates),
         classes=result.classes.tolist(),
     )
-    fill_tensor(reply.flattened, result.flattened, encoding)
-    fill_tensor(reply.outputs, result.outputs, encoding)
+    fill_tensor(reply.flattened, result.flattened, encoding, payloads, "flattened")
+    fill_tensor(reply.outputs, result.outputs, encoding, payloads, "outputs")
     if result.source is not None:
-        fill_tensor(reply.source, result.source, encoding)
+        fill_tensor(reply.source, result.source, encoding, payloads, "source")
     return reply
 
 

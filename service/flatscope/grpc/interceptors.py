@@ -3,17 +3,42 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import Awaitable, Callable
 
 import grpc
 
+from flatscope.admission import Admission, Refused, Ticket
 from flatscope.batching import DEADLINE_SLACK
-from flatscope.errors import FlatscopeError
+from flatscope.errors import (
+    DeadlineExceededError,
+    FlatscopeError,
+    InvalidInputError,
+)
 from flatscope.metrics import Metrics, RpcMetrics
 
 log = logging.getLogger(__name__)
+
+# Never refused by admission: a probe must get through while model calls are saturated.
+UNLIMITED_METHODS = frozenset(("/grpc.health.v1.Health/Check", "/grpc.health.v1.Health/Watch"))
+
+
+@dataclasses.dataclass(frozen=True)
+class CallLimits:
+    """What bounds each unary call.
+
+    Args:
+        admission: Admits model calls by count and bytes; None admits all.
+        receive_timeout: Seconds from a call's start until its request message must
+            have fully arrived.
+        dropped: Counts a call refused or dropped, by reason.
+    """
+
+    admission: Admission | None = None
+    receive_timeout: float = 10.0
+    dropped: Callable[[str], None] = lambda reason: None
 
 
 class RpcInterceptor(grpc.aio.ServerInterceptor):
@@ -33,10 +58,12 @@ class RpcInterceptor(grpc.aio.ServerInterceptor):
 
     Args:
         metrics: Where RPC metrics go; None measures nothing.
+        limits: What bounds each unary call (admission, receive timeout).
     """
 
-    def __init__(self, metrics: Metrics | None = None):
+    def __init__(self, metrics: Metrics | None = None, limits: CallLimits | None = None):
         self._metrics = metrics
+        self._limits = limits or CallLimits()
         self._handlers = _HandlerCache(self._wrap)
 
     async def intercept_service(
@@ -52,52 +79,79 @@ class RpcInterceptor(grpc.aio.ServerInterceptor):
         if self._metrics is not None:
             calls = self._metrics.rpcs.method(full_method, kind)
         if kind == "unary":
-            return _guarded_unary(full_method, handler, calls)
+            return _guarded_unary(full_method, handler, calls, self._limits)
         if calls is None:
             return handler
         return _measured_stream(handler, kind, calls)
 
 
 def _guarded_unary(
-    full_method: str, handler: grpc.RpcMethodHandler, calls: RpcMetrics | None
+    full_method: str,
+    handler: grpc.RpcMethodHandler,
+    calls: RpcMetrics | None,
+    limits: CallLimits,
 ) -> grpc.RpcMethodHandler:
-    """A unary handler with errors mapped to statuses, measured when ``calls`` is set."""
+    """A unary handler with limits, errors mapped to statuses, measured when ``calls`` is set.
+
+    Registered with gRPC as client-streaming (the same bytes on the wire: one message,
+    then half-close), so that this code runs as soon as the call's headers arrive and
+    reads the request message itself: under a receive timeout, and before admission, so
+    that a client that never sends its message holds no model slot and no budget.
+    """
     inner = handler.unary_unary
-    parse = handler.request_deserializer
-    write = handler.response_serializer
-    expected = _message_name(parse)
+    parse = handler.request_deserializer or _identity
+    write = handler.response_serializer or _identity
+    expected = _message_name(handler.request_deserializer)
+    admission = limits.admission if full_method not in UNLIMITED_METHODS else None
+    receive_timeout = limits.receive_timeout
+    dropped = limits.dropped
 
-    def deserialize(data: bytes):
-        if calls is not None:
-            calls.request_bytes.observe(len(data))
-        try:
-            return parse(data) if parse else data
-        except Exception:  # any parser error means the client's bytes are bad
-            return _UNREADABLE
-
-    def serialize(message) -> bytes:
-        data = write(message) if write else message
-        if calls is not None:
-            calls.response_bytes.observe(len(data))
-        return data
-
-    async def guarded(request, context: grpc.aio.ServicerContext):
-        # One coroutine for both jobs: a second layer costs a frame on every call.
-        if calls is not None:
-            calls.started += 1
+    async def guarded(requests, context: grpc.aio.ServicerContext):
         start = time.perf_counter()
         code = "OK"
+        ticket: Ticket | None = None
+
+        def ended(_context) -> None:
+            # The call has ended on the wire: its reply sent, or the call cancelled.
+            final = code
+            if final == "OK" and context.cancelled():
+                final = _cancelled_code(context)
+            if ticket is not None:
+                ticket.release()
+            if calls is not None:
+                calls.finished(final, time.perf_counter() - start)
+
+        context.add_done_callback(ended)
+        if calls is not None:
+            calls.started += 1
         try:
-            if request is _UNREADABLE:
+            data = await _receive(context, receive_timeout, dropped)
+            if calls is not None:
+                calls.request_bytes.observe(len(data))
+            if admission is not None:
+                if admission.closed:
+                    dropped("draining")
+                    await admission.refuse_when_stopped()
+                try:
+                    ticket = admission.admit(context.peer(), len(data))
+                except Refused as exc:
+                    dropped(exc.reason)
+                    raise
+            try:
+                request = parse(data)
+            except Exception:  # any parser error means the client's bytes are bad
                 await _abort(
                     context,
                     grpc.StatusCode.INVALID_ARGUMENT,
                     f"the request is not a valid {expected} message (the bytes do not parse)",
                 )
+            del data
             try:
-                return await inner(request, context)
-            except FlatscopeError as exc:
-                await _abort(context, grpc.StatusCode[exc.code.value], status_message(str(exc)))
+                reply = await inner(request, context)
+                if type(reply) is not bytes:  # model replies come serialized (their size limit)
+                    reply = write(reply)
+            except FlatscopeError:
+                raise
             except (grpc.aio.AbortError, asyncio.CancelledError):
                 raise
             except Exception:
@@ -105,16 +159,68 @@ def _guarded_unary(
                 await _abort(
                     context, grpc.StatusCode.INTERNAL, "internal error; the server log has details"
                 )
+            if calls is not None:
+                calls.response_bytes.observe(len(reply))
+            if ticket is not None:
+                ticket.charge_reply(len(reply))
+            return reply
+        except FlatscopeError as exc:
+            code = exc.code.value
+            await _abort(context, grpc.StatusCode[code], status_message(str(exc)))
         except BaseException as exc:
             code = _final_code(exc, context)
             raise
-        finally:
-            if calls is not None:
-                calls.finished(code, time.perf_counter() - start)
 
-    return grpc.unary_unary_rpc_method_handler(
-        guarded, request_deserializer=deserialize, response_serializer=serialize
-    )
+    return grpc.stream_unary_rpc_method_handler(guarded)
+
+
+async def _receive(
+    context: grpc.aio.ServicerContext, timeout: float, dropped: Callable[[str], None]
+) -> bytes:
+    """The call's one request message, as bytes; waits at most ``timeout`` seconds.
+
+    Raises:
+        DeadlineExceededError: The message did not arrive in time.
+        InvalidInputError: The client half-closed without sending one.
+    """
+    task = asyncio.current_task()
+    assert task is not None
+    expired = False
+
+    def expire() -> None:
+        nonlocal expired
+        expired = True
+        task.cancel()
+
+    timer = asyncio.get_running_loop().call_later(timeout, expire)
+    try:
+        data = await context.read()
+    except asyncio.CancelledError:
+        if not expired:
+            raise
+        if hasattr(task, "uncancel"):  # Python 3.11+: this cancellation is handled here
+            task.uncancel()
+        dropped("receive_timeout")
+        raise DeadlineExceededError(
+            f"the request message did not arrive within {timeout:g} s of the call's start "
+            "(--receive-timeout)"
+        ) from None
+    finally:
+        timer.cancel()
+    if data is grpc.aio.EOF:
+        raise InvalidInputError("the call ended without a request message; expected one")
+    return data
+
+
+def _identity(data):
+    return data
+
+
+def _cancelled_code(context: grpc.aio.ServicerContext) -> str:
+    """The status of a call that gRPC cancelled: its deadline passed, or its client left."""
+    remaining = context.time_remaining()
+    late = remaining is not None and remaining <= DEADLINE_SLACK
+    return "DEADLINE_EXCEEDED" if late else "CANCELLED"
 
 
 def _measured_stream(
@@ -167,9 +273,7 @@ def _final_code(exc: BaseException, context: grpc.aio.ServicerContext) -> str:
         return _code_name(context.code())
     if isinstance(exc, asyncio.CancelledError):
         # gRPC cancels the handler of a call whose deadline passed.
-        remaining = context.time_remaining()
-        late = remaining is not None and remaining <= DEADLINE_SLACK
-        return "DEADLINE_EXCEEDED" if late else "CANCELLED"
+        return _cancelled_code(context)
     return "UNKNOWN"
 
 
@@ -201,9 +305,6 @@ def status_message(text: str) -> str:
 
 
 MAX_STATUS_MESSAGE = 512
-
-# Stands in for a request whose bytes did not parse: a deserializer cannot set a status.
-_UNREADABLE = object()
 
 
 def _message_name(parse) -> str:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import grpc
 import numpy as np
-from google.protobuf.message import Message
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc
 
@@ -84,13 +83,13 @@ class InferenceServicer(PartialServicer, service_pb2_grpc.GRPCInferenceServiceSe
 
     async def ModelInfer(
         self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext
-    ) -> Message:
+    ) -> bytes:
         inputs, outputs, raw = infer_request(request)
         result = await self._core.infer(
             request.model_name, inputs, outputs, request.model_version, call_deadline(context)
         )
         reply = infer_response(result, request.id, raw)
-        return converters.within_limit(reply, self._max_reply_bytes, ASK_FOR_LESS)
+        return converters.encoded(reply, self._max_reply_bytes, ASK_FOR_LESS)
 
 
 def model_metadata(description: ModelDescription, signature: Signature) -> pb.ModelMetadataResponse:
@@ -167,7 +166,7 @@ def infer_response(result: NamedResult, request_id: str, raw: bool) -> pb.ModelI
         if raw:
             reply.raw_output_contents.append(array.tobytes())
         else:
-            tensor.contents.fp32_contents.extend(array.ravel().tolist())
+            converters.add_floats(tensor.contents, "fp32_contents", array)
     if result.layout is not None:
         for key, value in layout_parameters(result.layout).items():
             if isinstance(value, int):

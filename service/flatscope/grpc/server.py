@@ -6,6 +6,7 @@ import asyncio
 import functools
 import logging
 import signal
+import time
 from wsgiref.simple_server import WSGIServer
 
 import grpc
@@ -13,10 +14,12 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry
 
+from flatscope import logs, ports
+from flatscope.admission import Admission
 from flatscope.core import ModelCore
 from flatscope.errors import ConfigError
 from flatscope.grpc import kserve, tfserving
-from flatscope.grpc.interceptors import RpcInterceptor
+from flatscope.grpc.interceptors import CallLimits, RpcInterceptor
 from flatscope.grpc.servicer import ModelServicer
 from flatscope.metrics import Metrics, serve_metrics
 from flatscope.settings import Settings
@@ -46,14 +49,11 @@ class Server:
         self.core = ModelCore(settings, self.metrics)
         self._health = health.aio.HealthServicer()
         self._metrics_http: WSGIServer | None = None
+        self.admission = Admission(settings.max_concurrent_rpcs, settings.memory_budget)
+        limits = CallLimits(self.admission, settings.receive_timeout, self._count_drop)
         self._server = grpc.aio.server(
-            interceptors=[RpcInterceptor(self.metrics)],
-            options=[
-                ("grpc.max_receive_message_length", settings.max_receive_message_bytes),
-                ("grpc.max_send_message_length", settings.max_send_message_bytes),
-            ],
-            # Past it, calls get RESOURCE_EXHAUSTED before their message is read.
-            maximum_concurrent_rpcs=settings.max_concurrent_rpcs or None,
+            interceptors=[RpcInterceptor(self.metrics, limits)],
+            options=_channel_options(settings),
         )
         model_service_pb2_grpc.add_ModelServiceServicer_to_server(
             ModelServicer(self.core, settings.max_send_message_bytes), self._server
@@ -76,7 +76,11 @@ class Server:
         self.metrics_port = 0
 
     async def start(self) -> int:
-        """Opens the ports and starts answering; returns the bound gRPC port."""
+        """Opens the ports and starts answering; returns the bound gRPC port.
+
+        Raises:
+            ConfigError: A port cannot be listened on, or a TLS file cannot be read.
+        """
         settings = self.settings
         address = f"{settings.host}:{settings.port}"
         credentials = _server_credentials(settings)
@@ -86,24 +90,41 @@ class Server:
             else:
                 self.port = self._server.add_secure_port(address, credentials)
         except RuntimeError as exc:  # grpc says only "Failed to bind"
-            problem = "in use, or not an address of this host"
-            if credentials is not None:
-                problem += f"; or {settings.tls_key} is not the PEM key of {settings.tls_cert}"
-            raise ConfigError(f"cannot listen on {address} ({problem})") from exc
+            raise ConfigError(f"cannot listen on {address}: {self._bind_problem()}") from exc
         if self.port == 0:
-            raise ConfigError(f"cannot listen on {address}")
+            raise ConfigError(f"cannot listen on {address}: {self._bind_problem()}")
+        # /metrics binds before gRPC starts, so that a busy port starts nothing.
+        metrics_host = settings.metrics_host or settings.host
+        if settings.metrics_port and self.metrics:
+            try:
+                self._metrics_http = serve_metrics(
+                    self.metrics, metrics_host, settings.metrics_port
+                )
+            except OSError as exc:
+                await self._server.stop(None)
+                problem = ports.bind_problem(exc, "--metrics-port", "--metrics-host")
+                raise ConfigError(
+                    f"cannot serve /metrics on {metrics_host}:{settings.metrics_port}: {problem}"
+                ) from exc
+            self.metrics_port = self._metrics_http.server_port
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         await self._server.start()
         transport = "plaintext"
         if credentials is not None:
             transport = "mutual TLS" if settings.tls_client_ca else "TLS"
         log.info("listening on %s:%d (gRPC, %s)", settings.host, self.port, transport)
-        if settings.metrics_port and self.metrics:
-            host = settings.metrics_host or settings.host
-            self._metrics_http = serve_metrics(self.metrics, host, settings.metrics_port)
-            self.metrics_port = self._metrics_http.server_port
-            log.info("metrics on http://%s:%d/metrics", host, self.metrics_port)
+        if self._metrics_http is not None:
+            log.info("metrics on http://%s:%d/metrics", metrics_host, self.metrics_port)
         return self.port
+
+    def _bind_problem(self) -> str:
+        settings = self.settings
+        error = ports.bind_error(settings.host, settings.port)
+        if error is not None:
+            return ports.bind_problem(error, "--port", "--host")
+        if settings.tls_cert is not None:
+            return f"{settings.tls_key} is not the PEM key of {settings.tls_cert}"
+        return "gRPC cannot bind it; check --host and --port"
 
     async def load_model(self) -> None:
         """Loads, compiles and warms up the model, then reports SERVING.
@@ -133,14 +154,17 @@ class Server:
             description.backend,
             description.device,
         )
+        logs.release_stderr()  # startup is over: what it logged (held by the CLI) follows
 
     async def stop(self, grace: float | None = None, delay: float | None = None) -> None:
         """Shuts down gracefully.
 
-        Health turns NOT_SERVING at once; calls are still accepted for ``delay`` seconds
+        Health turns NOT_SERVING at once; calls are still served for ``delay`` seconds
         (default ``shutdown_delay``), so that load balancers see the status and stop
-        sending; then new calls are refused (UNAVAILABLE), calls in flight get ``grace``
-        seconds (default ``shutdown_grace``) to finish, and the server stops.
+        sending. Then model calls are refused with UNAVAILABLE (clients retry it, on
+        another replica), calls in flight get up to ``grace`` seconds (default
+        ``shutdown_grace``) to finish, and the server stops: at once when none is left,
+        else when the grace ends (what is still running then is cancelled).
         """
         settings = self.settings
         delay = settings.shutdown_delay if delay is None else delay
@@ -150,7 +174,20 @@ class Server:
             log.info("health NOT_SERVING; refusing new calls in %.1f s", delay)
             await asyncio.sleep(delay)
         log.info("refusing new calls; %.1f s for calls in flight", grace)
-        await self._server.stop(grace)
+        # See Admission.close: new calls are held until the admitted ones are done and
+        # no call has come for a moment; gRPC's stop then sends GOAWAY, and only then are
+        # the held calls refused, so that their clients' retries go elsewhere.
+        admission = self.admission
+        end = time.monotonic() + grace
+        admission.close()
+        if not await admission.wait_idle(end - time.monotonic()):
+            log.warning("%d calls still running after %.1f s; cancelling", admission.calls, grace)
+        await admission.wait_quiet(QUIET_SECONDS, end - time.monotonic())
+        stopping = asyncio.create_task(self._server.stop(max(0.0, end - time.monotonic())))
+        await asyncio.sleep(0)  # the task starts core's shutdown (GOAWAY) on its first step
+        await asyncio.sleep(0)
+        admission.release_held()
+        await stopping
         await self.core.close()
         if self._metrics_http is not None:
             self._metrics_http.shutdown()
@@ -160,9 +197,43 @@ class Server:
         """Returns when the server has stopped."""
         await self._server.wait_for_termination()
 
+    def _count_drop(self, reason: str) -> None:
+        if self.metrics is not None:
+            self.metrics.dropped.labels(self.core.model_name, reason).inc()
+
     async def _set_health(self, status: int) -> None:
         for name in ("", SERVICE_NAME):
             await self._health.set(name, status)
+
+
+def _channel_options(settings: Settings) -> list[tuple[str, int]]:
+    """gRPC core's limits: message sizes, streams per connection, connection age, keepalive."""
+    return [
+        ("grpc.max_receive_message_length", settings.max_receive_message_bytes),
+        ("grpc.max_send_message_length", settings.max_send_message_bytes),
+        ("grpc.max_concurrent_streams", settings.max_streams_per_connection),
+        ("grpc.max_connection_age_ms", int(settings.max_connection_age * 1000)),
+        ("grpc.max_connection_age_grace_ms", int(settings.max_connection_age_grace * 1000)),
+        # Ping idle clients, and drop those that stop answering (a vanished peer's calls).
+        ("grpc.keepalive_time_ms", KEEPALIVE_SECONDS * 1000),
+        ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_SECONDS * 1000),
+        # Clients may ping as often as every 10 s, data or not; more often is a ping flood.
+        ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+        # Calls wait in gRPC core until the asyncio server asks for them, one at a time;
+        # past 1000 waiting core drops them at random, past 3000 all, as CANCELLED.
+        # Shedding is admission's job (RESOURCE_EXHAUSTED, counted), so no limit here.
+        ("grpc.server.max_pending_requests", UNBOUNDED),
+        ("grpc.server.max_pending_requests_hard_limit", UNBOUNDED),
+        # A second server on a port in use must fail, not share it (gRPC sets SO_REUSEPORT).
+        ("grpc.so_reuseport", 0),
+    ]
+
+
+# On shutdown, gRPC stops once no call has arrived or ended for this long.
+QUIET_SECONDS = 0.2
+UNBOUNDED = 2**31 - 1
+KEEPALIVE_SECONDS = 60
+KEEPALIVE_TIMEOUT_SECONDS = 20
 
 
 def _server_credentials(settings: Settings) -> grpc.ServerCredentials | None:

@@ -25,18 +25,15 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
         self._core = core
         self._max_reply_bytes = max_reply_bytes
 
-    async def Predict(
-        self, request: pb.PredictRequest, context: grpc.aio.ServicerContext
-    ) -> pb.PredictResponse:
+    async def Predict(self, request: pb.PredictRequest, context: grpc.aio.ServicerContext) -> bytes:
         encoding = converters.reply_encoding(request.output_encoding)
         inputs = converters.request_payload(request.inputs)
         result = await self._core.predict(request.model_name, inputs, call_deadline(context))
-        reply = converters.predict_response(result, encoding)
-        return converters.within_limit(reply, self._max_reply_bytes)
+        payloads = converters.Payloads(pb.PredictResponse)
+        reply = converters.predict_response(result, encoding, payloads)
+        return converters.encoded(reply, self._max_reply_bytes, payloads=payloads)
 
-    async def Inspect(
-        self, request: pb.InspectRequest, context: grpc.aio.ServicerContext
-    ) -> pb.InspectResponse:
+    async def Inspect(self, request: pb.InspectRequest, context: grpc.aio.ServicerContext) -> bytes:
         encoding = converters.reply_encoding(request.output_encoding)
         inputs = converters.request_payload(request.inputs)
         result = await self._core.inspect(
@@ -48,8 +45,9 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
             coordinate_count=request.coordinate_count,
             deadline=call_deadline(context),
         )
-        reply = converters.inspect_response(result, encoding)
-        return converters.within_limit(reply, self._max_reply_bytes)
+        payloads = converters.Payloads(pb.InspectResponse)
+        reply = converters.inspect_response(result, encoding, payloads)
+        return converters.encoded(reply, self._max_reply_bytes, payloads=payloads)
 
     async def GetModelMetadata(
         self, request: pb.GetModelMetadataRequest, context: grpc.aio.ServicerContext

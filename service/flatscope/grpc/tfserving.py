@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import grpc
 import numpy as np
-from google.protobuf.message import Message
 from tensorflow.core.framework import tensor_shape_pb2, types_pb2
 from tensorflow.core.protobuf import meta_graph_pb2
 from tensorflow_serving.apis import (
@@ -56,13 +55,13 @@ class PredictionServicer(PartialServicer, prediction_service_pb2_grpc.Prediction
 
     async def Predict(
         self, request: predict_pb2.PredictRequest, context: grpc.aio.ServicerContext
-    ) -> Message:
+    ) -> bytes:
         name, version = addressed(request.model_spec)
         inputs, raw = predict_inputs(request)
         outputs = list(request.output_filter)
         result = await self._core.infer(name, inputs, outputs, version, call_deadline(context))
         reply = predict_response(result, raw)
-        return converters.within_limit(reply, self._max_reply_bytes, ASK_FOR_LESS)
+        return converters.encoded(reply, self._max_reply_bytes, ASK_FOR_LESS)
 
     async def GetModelMetadata(
         self, request: get_model_metadata_pb2.GetModelMetadataRequest, context
@@ -144,7 +143,7 @@ def predict_response(result: NamedResult, raw: bool) -> predict_pb2.PredictRespo
         if raw:
             tensor.tensor_content = array.tobytes()
         else:
-            tensor.float_val.extend(array.ravel().tolist())
+            converters.add_floats(tensor, "float_val", array)
     return reply
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from flatscope.errors import ModelLoadError
+from flatscope.errors import ModelLoadError, one_line
 from flatscope.inference import model as keras_model
 from flatscope.inference.runner import CompiledModel, compile_model, configure_devices
 from flatscope.layout import FlattenLayout
@@ -73,9 +73,8 @@ def load_served_model(
     except ModelLoadError:
         raise
     except Exception as exc:  # the framework's own error types vary by backend
-        text = str(exc).strip()
-        first_line = text.splitlines()[0] if text else type(exc).__name__
-        raise ModelLoadError(f"cannot run the model from {source}: {first_line}") from exc
+        text = one_line(str(exc)) or type(exc).__name__
+        raise ModelLoadError(f"cannot run the model from {source}: {text}") from exc
     log.info(
         "model %s v%s from %s: input %s, Flatten layers %s; loaded and warmed up in %.1f s",
         description.name,

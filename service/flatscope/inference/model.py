@@ -10,7 +10,8 @@ from pathlib import Path
 import keras
 
 from flatscope import default_model
-from flatscope.errors import ModelLoadError
+from flatscope.errors import ModelLoadError, one_line
+from flatscope.inference.archive import check_archive
 from flatscope.layout import FlattenLayout, flatten_layout
 from flatscope.metadata import LayerRow, ModelDescription, TensorSpec
 
@@ -24,7 +25,8 @@ def load(path: Path | None) -> tuple[keras.Model, str]:
         The model and a description of where it came from.
 
     Raises:
-        ModelLoadError: The file is missing, unreadable, or not a model we can serve.
+        ModelLoadError: The file is missing, unreadable, past a size cap (see
+            :mod:`flatscope.inference.archive`), or not a model we can serve.
     """
     source = str(path) if path else f"embedded:{default_model.MODEL_FILE}"
     file = path or default_model.model_path()
@@ -37,10 +39,11 @@ def load(path: Path | None) -> tuple[keras.Model, str]:
             f"cannot load {file}: not a Keras v3 archive (a .keras file is a zip; "
             "this one is truncated or in another format)"
         )
+    check_archive(file)
     try:
         model = keras.saving.load_model(file, compile=False, safe_mode=True)
     except Exception as exc:  # Keras raises many types; all mean "cannot serve this".
-        raise ModelLoadError(f"cannot load {file}: {exc}") from exc
+        raise ModelLoadError(f"cannot load {file}: {one_line(str(exc))}") from exc
     if not isinstance(model, keras.Model):
         raise ModelLoadError(f"{file} holds a {type(model).__name__}, not a keras.Model")
     if len(model.inputs) != 1 or len(model.outputs) != 1:

@@ -1,0 +1,93 @@
+"""Admission by count and by bytes, the per-connection share, and draining."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from flatscope.admission import PEER_SHARE, REPLY_COPIES, REQUEST_COPIES, Admission, Refused
+from flatscope.errors import ShuttingDownError
+
+
+def test_calls_beyond_the_limit_are_refused_until_one_ends():
+    admission = Admission(max_calls=2, budget_bytes=0)
+    first = admission.admit("a", 10)
+    admission.admit("b", 10)
+    with pytest.raises(Refused) as refused:
+        admission.admit("c", 10)
+    assert refused.value.reason == "concurrency"
+    assert "--max-concurrent-rpcs" in str(refused.value)
+    first.release()
+    admission.admit("c", 10)
+    assert admission.calls == 2
+
+
+def test_bytes_beyond_the_budget_are_refused_and_come_back_on_release():
+    budget = 1000 * REQUEST_COPIES
+    admission = Admission(max_calls=0, budget_bytes=budget)
+    tickets = [admission.admit(f"peer{i}", 200) for i in range(5)]  # 5 peers, a share each
+    assert admission.bytes == budget
+    with pytest.raises(Refused) as refused:
+        admission.admit("peer9", 1)
+    assert refused.value.reason == "memory"
+    assert "--memory-budget" in str(refused.value)
+    for ticket in tickets:
+        ticket.release()
+    assert (admission.bytes, admission.calls) == (0, 0)
+
+
+def test_one_request_above_the_budget_passes_alone_so_that_the_budget_cannot_lock_out():
+    admission = Admission(max_calls=0, budget_bytes=100)
+    ticket = admission.admit("a", 10_000)
+    with pytest.raises(Refused):
+        admission.admit("b", 1)
+    ticket.release()
+    admission.admit("b", 1)
+
+
+def test_one_connection_holds_at_most_its_share_replies_included():
+    budget = 4_000_000
+    share = int(budget * PEER_SHARE)
+    admission = Admission(max_calls=0, budget_bytes=budget)
+    ticket = admission.admit("greedy", 1000)
+    ticket.charge_reply(share // REPLY_COPIES)  # a reply its client does not read
+    with pytest.raises(Refused) as refused:
+        admission.admit("greedy", 1000)
+    assert "this connection holds" in str(refused.value)
+    admission.admit("other", 1000)  # everyone else is still served
+    ticket.release()
+    admission.admit("greedy", 1000)
+
+
+def test_draining_holds_new_calls_until_released_then_refuses_them_unavailable():
+    async def scenario() -> None:
+        admission = Admission(max_calls=0, budget_bytes=0)
+        running = admission.admit("a", 10)
+        admission.close()
+        held = asyncio.create_task(admission.refuse_when_stopped())
+        assert not await admission.wait_idle(0.05)  # a call is still running
+        running.release()
+        assert await admission.wait_idle(1.0)
+        await asyncio.sleep(0.05)
+        assert not held.done()  # held until the server has stopped accepting
+        admission.release_held()
+        with pytest.raises(ShuttingDownError):
+            await held
+
+    asyncio.run(scenario())
+
+
+def test_wait_quiet_returns_once_nothing_arrived_for_the_quiet_time():
+    async def scenario() -> float:
+        admission = Admission(max_calls=0, budget_bytes=0)
+        ticket = admission.admit("a", 1)
+        admission.close()
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        loop.call_later(0.1, ticket.release)  # the last activity, 0.1 s in
+        assert await admission.wait_idle(5.0)
+        await admission.wait_quiet(0.2, timeout=5.0)
+        return loop.time() - start
+
+    assert 0.28 <= asyncio.run(scenario()) < 2.0

@@ -636,7 +636,7 @@ DROP_REASONS = (
     "concurrency",
     "memory",
     "receive_timeout",
-    "send_timeout",
+    "too_large",
     "draining",
     "queue_full",
     "cancelled",
@@ -713,6 +713,12 @@ class Watch:
     def success(self) -> float:
         """The fraction of probes that succeeded (0 when there were none)."""
         return sum(p.ok for p in self.probes) / len(self.probes) if self.probes else 0.0
+
+    @property
+    def health_success(self) -> float:
+        """The fraction of probes whose health check succeeded in time (0 when none)."""
+        healthy = sum(p.health == "OK" and p.health_seconds <= PROBE_TIMEOUT for p in self.probes)
+        return healthy / len(self.probes) if self.probes else 0.0
 
     @property
     def peak_rss(self) -> int:

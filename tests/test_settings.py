@@ -28,7 +28,7 @@ def test_defaults():
     assert settings.model_version == "1"
     assert settings.max_batch_size == 256
     assert settings.max_coordinates == 65536
-    assert settings.max_receive_message_bytes == 64 * MiB
+    assert settings.max_receive_message_bytes == 16 * MiB
     assert settings.max_send_message_bytes == 64 * MiB
     assert settings.shutdown_grace == 10.0
     assert settings.log_level == "INFO"

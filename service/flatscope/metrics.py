@@ -91,9 +91,15 @@ class Metrics:
         )
         self.dropped = Counter(
             "flatscope_requests_dropped",
-            "Model requests dropped before their forward pass, by reason "
-            "(queue_full, cancelled, deadline).",
+            "Model requests refused or dropped before their forward pass, by reason "
+            "(queue_full, cancelled, deadline, concurrency, memory, receive_timeout, "
+            "too_large, draining).",
             ("model", "reason"),
+            registry=registry,
+        )
+        self.memory_held = Gauge(
+            "flatscope_memory_budget_used_bytes",
+            "Bytes of --memory-budget held by model calls (estimated from message sizes).",
             registry=registry,
         )
         self.model_info = Gauge(

@@ -21,8 +21,17 @@ from flatscope.metrics import Metrics, RpcMetrics
 
 log = logging.getLogger(__name__)
 
-# Never refused by admission: a probe must get through while model calls are saturated.
-UNLIMITED_METHODS = frozenset(("/grpc.health.v1.Health/Check", "/grpc.health.v1.Health/Watch"))
+# Never refused by admission nor held on shutdown: probes must get through while model
+# calls are saturated (gRPC health, and KServe's liveness and readiness).
+UNLIMITED_METHODS = frozenset(
+    (
+        "/grpc.health.v1.Health/Check",
+        "/grpc.health.v1.Health/Watch",
+        "/inference.GRPCInferenceService/ServerLive",
+        "/inference.GRPCInferenceService/ServerReady",
+        "/inference.GRPCInferenceService/ModelReady",
+    )
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -166,7 +175,18 @@ def _guarded_unary(
             return reply
         except FlatscopeError as exc:
             code = exc.code.value
-            await _abort(context, grpc.StatusCode[code], status_message(str(exc)))
+            try:
+                await _abort(context, grpc.StatusCode[code], status_message(str(exc)))
+            except asyncio.CancelledError:
+                # The call had ended already. Before its message, gRPC itself ends a call
+                # only by refusing the message as too large (a read then sees no message);
+                # else its deadline passed or its client left.
+                if isinstance(exc, _NoRequest):
+                    code = "RESOURCE_EXHAUSTED"
+                    dropped("too_large")
+                else:
+                    code = _cancelled_code(context)
+                raise
         except BaseException as exc:
             code = _final_code(exc, context)
             raise
@@ -208,8 +228,12 @@ async def _receive(
     finally:
         timer.cancel()
     if data is grpc.aio.EOF:
-        raise InvalidInputError("the call ended without a request message; expected one")
+        raise _NoRequest("the call ended without a request message; expected one")
     return data
+
+
+class _NoRequest(InvalidInputError):
+    """The request stream ended without a message."""
 
 
 def _identity(data):

@@ -14,7 +14,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry
 
-from flatscope import logs, ports
+from flatscope import allocator, logs, ports
 from flatscope.admission import Admission
 from flatscope.core import ModelCore
 from flatscope.errors import ConfigError
@@ -51,6 +51,9 @@ class Server:
         self._metrics_http: WSGIServer | None = None
         self.admission = Admission(settings.max_concurrent_rpcs, settings.memory_budget)
         limits = CallLimits(self.admission, settings.receive_timeout, self._count_drop)
+        if self.metrics is not None:
+            admission = self.admission
+            self.metrics.memory_held.set_function(lambda: admission.bytes)
         self._server = grpc.aio.server(
             interceptors=[RpcInterceptor(self.metrics, limits)],
             options=_channel_options(settings),
@@ -232,6 +235,7 @@ def _channel_options(settings: Settings) -> list[tuple[str, int]]:
 # On shutdown, gRPC stops once no call has arrived or ended for this long.
 QUIET_SECONDS = 0.2
 UNBOUNDED = 2**31 - 1
+TRIM_SECONDS = 5.0  # how often freed heap memory goes back to the OS (see allocator)
 KEEPALIVE_SECONDS = 60
 KEEPALIVE_TIMEOUT_SECONDS = 20
 
@@ -264,6 +268,7 @@ async def serve(settings: Settings) -> None:
         loop.add_signal_handler(sig, stopping.set)
     log.info("event loop: %s", type(loop).__module__.partition(".")[0])
     await server.start()
+    trimming = asyncio.create_task(allocator.trim_periodically(TRIM_SECONDS))
     try:
         loading = asyncio.create_task(server.load_model())
         stop_wait = asyncio.create_task(stopping.wait())
@@ -273,5 +278,6 @@ async def serve(settings: Settings) -> None:
             await stop_wait
         log.info("shutting down (grace %.1f s)", settings.shutdown_grace)
     finally:
+        trimming.cancel()
         await server.stop()
         log.info("stopped")

@@ -6,7 +6,14 @@ import asyncio
 
 import pytest
 
-from flatscope.admission import PEER_SHARE, REPLY_COPIES, REQUEST_COPIES, Admission, Refused
+from flatscope.admission import (
+    PEER_SHARE,
+    REPLY_COPIES,
+    REQUEST_COPIES,
+    SMALL_REPLY,
+    Admission,
+    Refused,
+)
 from flatscope.errors import ShuttingDownError
 
 
@@ -23,11 +30,11 @@ def test_calls_beyond_the_limit_are_refused_until_one_ends():
     assert admission.calls == 2
 
 
-def test_bytes_beyond_the_budget_are_refused_and_come_back_on_release():
-    budget = 1000 * REQUEST_COPIES
+def test_requests_beyond_their_half_of_the_budget_are_refused_and_come_back_on_release():
+    budget = 2 * 1000 * REQUEST_COPIES  # half of it for requests: 1000 wire bytes
     admission = Admission(max_calls=0, budget_bytes=budget)
     tickets = [admission.admit(f"peer{i}", 200) for i in range(5)]  # 5 peers, a share each
-    assert admission.bytes == budget
+    assert admission.bytes == budget // 2
     with pytest.raises(Refused) as refused:
         admission.admit("peer9", 1)
     assert refused.value.reason == "memory"
@@ -44,6 +51,25 @@ def test_one_request_above_the_budget_passes_alone_so_that_the_budget_cannot_loc
         admission.admit("b", 1)
     ticket.release()
     admission.admit("b", 1)
+
+
+def test_unread_replies_fill_only_their_half_and_small_replies_always_go():
+    budget = 8 * 2**20
+    admission = Admission(max_calls=0, budget_bytes=budget)
+    big = budget // 2 // REPLY_COPIES  # one reply fills the replies' half
+    unread = admission.admit("a", 1000)
+    unread.charge_reply(big)  # its client never reads it
+    assert admission.reply_bytes == budget // 2
+    late = admission.admit("b", 1000)  # new calls are still admitted ...
+    with pytest.raises(Refused) as refused:
+        late.charge_reply(SMALL_REPLY + 1)  # ... but their large replies are dropped ...
+    assert "replies waiting for their clients" in str(refused.value)
+    late.release()
+    small = admission.admit("c", 1000)
+    small.charge_reply(SMALL_REPLY)  # ... and small ones (a prediction) still go
+    small.release()
+    unread.release()
+    assert (admission.bytes, admission.calls) == (0, 0)
 
 
 def test_one_connection_holds_at_most_its_share_replies_included():

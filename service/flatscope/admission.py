@@ -5,11 +5,14 @@ message has fully arrived (so a client that stalls before sending it holds no sl
 charges the reply when it is encoded, and releases the ticket when the call has ended
 on the wire (its reply sent, or the call cancelled).
 
-Memory is an estimate, not a reading: a request costs its wire size times
-:data:`REQUEST_COPIES` (the wire bytes, the parsed message, the decoded batch), a reply
-its encoded size times :data:`REPLY_COPIES` (the message and its bytes waiting in the
-transport). One connection may hold at most :data:`PEER_SHARE` of the budget, so that a
-client that sends large requests and never reads the replies cannot fill it alone.
+Memory is an estimate, not a reading, in two halves of the budget. Requests being
+served cost their wire size times :data:`REQUEST_COPIES` (the wire bytes, the parsed
+message, the decoded batch) from admission until their reply is encoded. Replies cost
+their size times :data:`REPLY_COPIES` (the message and its bytes in the transport) until
+sent. Replies that clients do not read can fill only the replies' half: calls are still
+admitted, and replies up to :data:`SMALL_REPLY` bytes (a prediction) always go, so health
+and small calls keep working while large replies are refused. One connection may hold at
+most :data:`PEER_SHARE` of the budget, so one client cannot fill a half alone.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from flatscope.errors import ResourceExhaustedError, ShuttingDownError
 REQUEST_COPIES = 3
 REPLY_COPIES = 2
 PEER_SHARE = 0.25
+SMALL_REPLY = 64 * 1024
 
 
 class Refused(ResourceExhaustedError):
@@ -43,9 +47,12 @@ class Admission:
     def __init__(self, max_calls: int, budget_bytes: int):
         self.max_calls = max_calls
         self.budget_bytes = budget_bytes
+        self._request_budget = budget_bytes // 2
+        self._reply_budget = budget_bytes - self._request_budget
         self._peer_bytes = int(budget_bytes * PEER_SHARE)
         self.calls = 0
-        self.bytes = 0
+        self.request_bytes = 0
+        self.reply_bytes = 0
         self._by_peer: dict[str, int] = {}
         # Draining (see close()).
         self.closed = False
@@ -68,23 +75,32 @@ class Admission:
             )
         cost = request_bytes * REQUEST_COPIES
         if self.budget_bytes:
-            held = self._by_peer.get(peer, 0)
-            if self.bytes + cost > self.budget_bytes and self.bytes:
+            held = self.request_bytes
+            if held + cost > self._request_budget and held:
                 raise Refused(
-                    f"the server's memory budget of {self.budget_bytes} bytes (--memory-budget) "
-                    f"is in use ({self.bytes} bytes held); this request would add about "
-                    f"{cost}; retry with backoff, or send fewer examples per request",
+                    f"requests being served hold {held} bytes of the {self._request_budget} "
+                    f"that --memory-budget ({self.budget_bytes}) gives them; this one would add "
+                    f"about {cost}; retry with backoff, or send fewer examples per request",
                     "memory",
                 )
-            if held + cost > self._peer_bytes and held:
-                raise Refused(
-                    f"this connection holds {held} bytes of the server's memory budget, "
-                    f"the most one connection may ({self._peer_bytes}); read the replies "
-                    "of earlier calls, or retry with backoff",
-                    "memory",
-                )
+            self._check_peer(peer, cost)
         self.calls += 1
         return Ticket(self, peer, cost)
+
+    @property
+    def bytes(self) -> int:
+        """The estimated bytes held by admitted calls, requests and replies."""
+        return self.request_bytes + self.reply_bytes
+
+    def _check_peer(self, peer: str, cost: int) -> None:
+        held = self._by_peer.get(peer, 0)
+        if held + cost > self._peer_bytes and held:
+            raise Refused(
+                f"this connection holds {held} bytes of the server's memory budget, "
+                f"the most one connection may ({self._peer_bytes}); read the replies "
+                "of earlier calls, or retry with backoff",
+                "memory",
+            )
 
     async def refuse_when_stopped(self) -> None:
         """For a call that arrived after :meth:`close`: waits until :meth:`release_held`.
@@ -131,12 +147,11 @@ class Admission:
                 return
             await asyncio.sleep(min(left, end - now))
 
-    def _add(self, peer: str, cost: int) -> None:
-        self.bytes += cost
-        self._by_peer[peer] = self._by_peer.get(peer, 0) + cost
+    def _hold(self, peer: str, cost: int) -> None:
+        if cost:
+            self._by_peer[peer] = self._by_peer.get(peer, 0) + cost
 
-    def _remove(self, peer: str, cost: int) -> None:
-        self.bytes -= cost
+    def _drop(self, peer: str, cost: int) -> None:
         left = self._by_peer[peer] - cost
         if left:
             self._by_peer[peer] = left
@@ -147,26 +162,54 @@ class Admission:
 class Ticket:
     """One admitted call's share of an :class:`Admission`; release it exactly once."""
 
-    __slots__ = ("_admission", "_peer", "_cost")
+    __slots__ = ("_admission", "_peer", "_request", "_reply")
 
     def __init__(self, admission: Admission, peer: str, cost: int):
         self._admission = admission
         self._peer = peer
-        self._cost = cost
-        admission._add(peer, cost)
+        self._request = cost
+        self._reply = 0
+        admission.request_bytes += cost
+        admission._hold(peer, cost)
 
     def charge_reply(self, reply_bytes: int) -> None:
-        """Adds an encoded reply of ``reply_bytes``, held until the call ends."""
+        """Trades the request's bytes for an encoded reply of ``reply_bytes``, held until sent.
+
+        Raises:
+            Refused: The reply is larger than :data:`SMALL_REPLY` and does not fit in the
+                replies' half of the budget, or in its connection's share, now.
+        """
+        admission = self._admission
+        admission.request_bytes -= self._request
+        if self._request:
+            admission._drop(self._peer, self._request)
+        self._request = 0
         cost = reply_bytes * REPLY_COPIES
-        self._cost += cost
-        self._admission._add(self._peer, cost)
+        if admission.budget_bytes and reply_bytes > SMALL_REPLY:
+            held = admission.reply_bytes
+            if held + cost > admission._reply_budget and held:
+                raise Refused(
+                    f"replies waiting for their clients to read them hold {held} bytes of the "
+                    f"{admission._reply_budget} that --memory-budget ({admission.budget_bytes}) "
+                    f"gives them; this reply of {reply_bytes} bytes was dropped; retry with "
+                    "backoff, or ask for less (fewer examples, no include_source)",
+                    "memory",
+                )
+            admission._check_peer(self._peer, cost)
+        self._reply = cost
+        admission.reply_bytes += cost
+        admission._hold(self._peer, cost)
 
     def release(self) -> None:
         """Gives the call's slot and bytes back."""
         admission = self._admission
         admission.calls -= 1
-        admission._remove(self._peer, self._cost)
-        self._cost = 0
+        admission.request_bytes -= self._request
+        admission.reply_bytes -= self._reply
+        held = self._request + self._reply
+        if held:
+            admission._drop(self._peer, held)
+        self._request = self._reply = 0
         if admission.closed:
             # Its client may call again on the reply: that call must be held too.
             admission.last_activity = time.monotonic()

@@ -88,9 +88,9 @@ class Settings(BaseSettings):
         1024 * MiB,
         ge=0,
         description="Bytes the server may hold for model calls, estimated from message "
-        "sizes: requests being served, queued and run, and replies not yet sent; one "
-        "connection may hold a quarter of it. Beyond it calls fail at once with "
-        "RESOURCE_EXHAUSTED (0: no limit).",
+        "sizes: half for requests being served, queued and run, half for replies not yet "
+        "sent (replies up to 64 KiB always go); one connection may hold a quarter. Beyond "
+        "it calls, or large replies, fail at once with RESOURCE_EXHAUSTED (0: no limit).",
     )
     receive_timeout: float = Field(
         10.0,

@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Iterator
 
 import attackers
+import numpy as np
 import pytest
 from attackers import AttackResult, MiB, Watch
 from processes import ServerProcess
@@ -40,6 +41,7 @@ RECOVERY = 15.0
 # Above what the burst and deadline attacks open on one connection (2,500), so that only
 # the stalled-streams attack meets it.
 STREAMS_PER_CONNECTION = 3000
+MAX_BATCH = 256  # the server's --max-batch-size (its default)
 PROBES_OK = 0.95  # the fraction of probes that must succeed during an attack
 # Health answers while 38 MB replies are being encoded: a quarter of the probes' 1 s.
 HEALTH_P99_MS = 250.0
@@ -50,7 +52,20 @@ DEADLINE_STATUSES = {"OK", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED"}
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     with hostile_server(tmp_path_factory).serving() as started:
-        yield started
+        yield warmed(started)
+
+
+def warmed(server: ServerProcess) -> ServerProcess:
+    """``server`` after one full-batch Inspect with its source.
+
+    The model's first pass at a batch size leaves TensorFlow's working memory for that
+    size allocated; in the baseline, not in what an attack is charged with.
+    """
+    shape = attackers.model_input_shape(server.target)
+    images = np.random.default_rng(0).random((MAX_BATCH, *shape), dtype=np.float32)
+    with server.client(timeout=60) as client:
+        client.inspect(images, include_source=True)
+    return server
 
 
 def hostile_server(factory: pytest.TempPathFactory, *flags: str) -> ServerProcess:
@@ -147,7 +162,9 @@ def test_streams_that_never_send_a_request_are_capped_and_ended(server, shape):
     result = outcome.result
     assert result.facts["limit per connection"] == limit, result.describe()
     opened = result.facts["opened"]
-    assert opened == connections * limit, result.describe()
+    # Each connection had at most `limit` open at once; as the first ones ended, the attacker
+    # could open the rest of what it asked for.
+    assert connections * limit <= opened <= result.facts["streams asked"], result.describe()
     assert result.statuses == {"DEADLINE_EXCEEDED": opened}, result.describe()
     assert outcome.dropped["receive_timeout"] == opened, outcome
 
@@ -191,30 +208,29 @@ def aging_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerPro
     """A server whose connections age out in 2 s, plus 2 s of grace for their calls."""
     flags = ("--max-connection-age", "2", "--max-connection-age-grace", "2")
     with hostile_server(tmp_path_factory, *flags).serving() as started:
-        yield started
+        yield warmed(started)
 
 
-def test_replies_nobody_reads_hold_a_share_of_the_budget_until_the_connection_ages_out(
+def test_replies_nobody_reads_fill_only_their_half_of_the_budget_until_connections_age_out(
     aging_server, shape
 ):
-    # One client, 12 calls of ~38 MB replies (include_source, batch 256) on one connection
-    # whose receive window never opens: more than the budget.
+    # 12 calls with ~38 MB replies (include_source, batch 256), each on a connection of its
+    # own whose receive window never opens: more than the budget, from more connections
+    # than one connection's share could stop.
     server, calls = aging_server, 12
     outcome = survive(
         server,
         shape,
-        lambda: attackers.unread_replies(
-            server.target, shape, calls=calls, batch=256, connections=1, hold=HOLD
-        ),
+        lambda: attackers.unread_replies(server.target, shape, calls=calls, batch=256, hold=HOLD),
     )
     statuses = outcome.result.statuses
     assert sum(statuses.values()) == calls, outcome.result.describe()
-    # Past its share of the budget, the connection's calls are refused at once ...
+    # Past the replies' half of the budget, large replies are dropped at once ...
     refused = statuses["RESOURCE_EXHAUSTED"]
     assert 0 < refused < calls, outcome.result.describe()
     assert outcome.dropped["memory"] == refused, outcome
-    # ... and the calls whose replies sat unread ended when the connection aged out, before
-    # the attacker let go: none OK (a reply was never read), none still open.
+    # ... and the calls whose replies sat unread ended when their connections aged out,
+    # before the attacker let go: none OK (a reply was never read), none still open.
     assert "open" not in statuses and "OK" not in statuses, outcome.result.describe()
 
 

@@ -171,7 +171,11 @@ def _guarded_unary(
             if calls is not None:
                 calls.response_bytes.observe(len(reply))
             if ticket is not None:
-                ticket.charge_reply(len(reply))
+                try:
+                    ticket.charge_reply(len(reply))
+                except Refused as exc:
+                    dropped(exc.reason)
+                    raise
             return reply
         except FlatscopeError as exc:
             code = exc.code.value

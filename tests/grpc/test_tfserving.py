@@ -8,6 +8,9 @@ serving.
 
 from __future__ import annotations
 
+import io
+import sys
+import threading
 from collections.abc import Iterator
 
 import grpc
@@ -16,6 +19,7 @@ import pytest
 import tensorflow as tf
 from conftest import ServerThread, settings
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from PIL import Image
 from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
 from tensorflow_serving.apis import (
     classification_pb2,
@@ -24,6 +28,7 @@ from tensorflow_serving.apis import (
     inference_pb2,
     model_management_pb2,
     predict_pb2,
+    prediction_service_pb2_grpc,
     regression_pb2,
 )
 from tensorflow_serving.apis.model_service_pb2_grpc import ModelServiceStub
@@ -435,3 +440,154 @@ def test_health_and_model_status_follow_the_loading_under_the_tf_serving_names()
             assert [s.state for s in reply.model_version_status] == [AVAILABLE]
     finally:
         server.stop()
+
+
+# TF Serving's example clients, as copies adapted in names only, run against the server.
+
+
+# Adapted from TensorFlow Serving's tensorflow_serving/example/resnet_client_grpc.py
+# (Apache 2.0). Changed: the model, input and output names ('resnet' -> 'digits',
+# 'input_1' -> 'image', 'activation_49' -> 'digit'); the flags became arguments, the image
+# comes from a file only (no download), and it returns the scores it prints the argmax of.
+def resnet_client_grpc(server, image):
+    with open(image, "rb") as f:
+        data = f.read()
+
+    channel = grpc.insecure_channel(server)
+    stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+    # Send request
+    # See prediction_service.proto for gRPC request/response details.
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = "digits"
+    request.model_spec.signature_name = "serving_default"
+    data = Image.open(io.BytesIO(data))
+    # Normalize and batchify the image
+    data = np.array(data) / 255.0
+    data = np.expand_dims(data, 0)
+    data = data.astype(np.float32)
+    request.inputs["image"].CopyFrom(tf.make_tensor_proto(data))
+
+    result = stub.Predict(request, 10.0)  # 10 secs timeout
+    result = result.outputs["digit"].float_val
+    print("Prediction class: {}".format(np.argmax(result)))  # noqa: UP032
+    return result
+
+
+# Adapted from TensorFlow Serving's tensorflow_serving/example/mnist_client.py
+# (Apache 2.0). Changed: the names ('mnist' -> 'digits', 'predict_images' ->
+# 'serving_default', 'images' -> 'image', 'scores' -> 'digit'); the MNIST test set read
+# from work_dir became a data set argument, and the tensor's shape is the image's own
+# (1, 48, 48, 3) where MNIST's model takes flat (1, 784) rows.
+class _ResultCounter(object):  # noqa: UP004
+    """Counter for the prediction results."""
+
+    def __init__(self, num_tests, concurrency):
+        self._num_tests = num_tests
+        self._concurrency = concurrency
+        self._error = 0
+        self._done = 0
+        self._active = 0
+        self._condition = threading.Condition()
+
+    def inc_error(self):
+        with self._condition:
+            self._error += 1
+
+    def inc_done(self):
+        with self._condition:
+            self._done += 1
+            self._condition.notify()
+
+    def dec_active(self):
+        with self._condition:
+            self._active -= 1
+            self._condition.notify()
+
+    def get_error_rate(self):
+        with self._condition:
+            while self._done != self._num_tests:
+                self._condition.wait()
+            return self._error / float(self._num_tests)
+
+    def throttle(self):
+        with self._condition:
+            while self._active == self._concurrency:
+                self._condition.wait()
+            self._active += 1
+
+
+def _create_rpc_callback(label, result_counter):
+    def _callback(result_future):
+        exception = result_future.exception()
+        if exception:
+            result_counter.inc_error()
+            print(exception)
+        else:
+            sys.stdout.write(".")
+            sys.stdout.flush()
+            response = np.array(result_future.result().outputs["digit"].float_val)
+            prediction = np.argmax(response)
+            if label != prediction:
+                result_counter.inc_error()
+        result_counter.inc_done()
+        result_counter.dec_active()
+
+    return _callback
+
+
+def do_inference(hostport, test_data_set, concurrency, num_tests):
+    channel = grpc.insecure_channel(hostport)
+    stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+    result_counter = _ResultCounter(num_tests, concurrency)
+    for _ in range(num_tests):
+        request = predict_pb2.PredictRequest()
+        request.model_spec.name = "digits"
+        request.model_spec.signature_name = "serving_default"
+        image, label = test_data_set.next_batch(1)
+        request.inputs["image"].CopyFrom(tf.make_tensor_proto(image[0], shape=[1, *image[0].shape]))
+        result_counter.throttle()
+        result_future = stub.Predict.future(request, 5.0)  # 5 seconds
+        result_future.add_done_callback(_create_rpc_callback(label[0], result_counter))
+    return result_counter.get_error_rate()
+
+
+class DataSet:
+    """What mnist_client reads from MNIST's test set: ``next_batch(n)`` in order."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray):
+        self._images, self._labels, self._at = images, labels, 0
+
+    def next_batch(self, count: int) -> tuple[np.ndarray, np.ndarray]:
+        at, self._at = self._at, self._at + count
+        return self._images[at : at + count], self._labels[at : at + count]
+
+
+def test_resnet_client_grpc_reads_float_val_equal_to_predict(default_server, own, tmp_path, capsys):
+    array = (images(1, seed=7) * 255).astype(np.uint8)
+    path = tmp_path / "digit.png"  # PNG: lossless, so the client sends these very pixels
+    Image.fromarray(array[0]).save(path)
+    scores = resnet_client_grpc(default_server.target, str(path))
+    expected = own.predict((array / 255.0).astype(np.float32))
+    np.testing.assert_allclose(np.reshape(scores, (1, 10)), expected.outputs, atol=1e-5)
+    assert capsys.readouterr().out == f"Prediction class: {expected.classes[0]}\n"
+
+
+def test_mnist_client_predict_futures_get_every_label_right(default_server, stub, own):
+    array = images(8, seed=8)
+    expected = own.predict(array)
+    data_set = DataSet(array, expected.classes)
+    rates = []
+    # The copy waits for its callbacks without a deadline: a thread bounds the test.
+    runner = threading.Thread(
+        target=lambda: rates.append(do_inference(default_server.target, data_set, 2, 8)),
+        daemon=True,
+    )
+    runner.start()
+    runner.join(TIMEOUT)
+    assert rates == [0.0]
+    # The same requests' float_val, through Predict.future, equal flatscope's Predict.
+    for index in range(len(array)):
+        request = predict_request(array[index : index + 1])
+        reply = stub.Predict.future(request, TIMEOUT).result()
+        scores = np.array(reply.outputs["digit"].float_val).reshape(1, 10)
+        np.testing.assert_allclose(scores, expected.outputs[index : index + 1], atol=1e-5)

@@ -394,6 +394,7 @@ def test_get_model_status_is_available_with_the_version(status_stub, own, spec):
     [status] = reply.model_version_status
     assert status.state == AVAILABLE
     assert status.version == int(own.metadata().version) == 1
+    assert status.HasField("status")
     assert status.status.error_code == 0  # OK
     assert status.status.error_message == ""
 

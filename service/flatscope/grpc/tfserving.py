@@ -32,6 +32,7 @@ from tensorflow_serving.apis import (
     predict_pb2,
     prediction_service_pb2,
     prediction_service_pb2_grpc,
+    status_pb2,
 )
 
 from flatscope.errors import (
@@ -137,7 +138,8 @@ class ModelStatusServicer(PartialServicer, model_service_pb2_grpc.ModelServiceSe
         name, version = addressed(request.model_spec)
         description = self._core.metadata(name, version)
         status = get_model_status_pb2.ModelVersionStatus(
-            state=get_model_status_pb2.ModelVersionStatus.AVAILABLE
+            state=get_model_status_pb2.ModelVersionStatus.AVAILABLE,
+            status=status_pb2.StatusProto(),  # OK, set as TF Serving sets it
         )
         if description.version.isdigit():
             status.version = int(description.version)

@@ -18,6 +18,7 @@ class Code(enum.Enum):
     RESOURCE_EXHAUSTED = "RESOURCE_EXHAUSTED"
     DEADLINE_EXCEEDED = "DEADLINE_EXCEEDED"
     UNAVAILABLE = "UNAVAILABLE"
+    UNIMPLEMENTED = "UNIMPLEMENTED"
     INTERNAL = "INTERNAL"
 
 
@@ -43,6 +44,12 @@ class FailedPreconditionError(FlatscopeError):
     """The request is well formed but the served model cannot answer it."""
 
     code = Code.FAILED_PRECONDITION
+
+
+class UnimplementedError(FlatscopeError):
+    """The method is not served; the message names the one to call instead."""
+
+    code = Code.UNIMPLEMENTED
 
 
 class ResourceExhaustedError(FlatscopeError):

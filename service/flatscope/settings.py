@@ -133,6 +133,12 @@ class Settings(BaseSettings):
     max_send_message_bytes: int = Field(
         64 * MiB, ge=1024, description="Largest reply message sent, in bytes."
     )
+    tfserving_tensor_content: bool = Field(
+        False,
+        description="TF Serving Predict replies carry tensors as tensor_content (raw "
+        "bytes) instead of typed float_val, as TF Serving's "
+        "predict_response_tensor_serialization_option AS_PROTO_CONTENT.",
+    )
     shutdown_delay: float = Field(
         0.0,
         ge=0,

@@ -62,14 +62,18 @@ class Server:
             ModelServicer(self.core, settings.max_send_message_bytes), self._server
         )
         # The standard protocols, on the same port and the same core (batcher, metrics).
-        for standard in (kserve.InferenceServicer, tfserving.PredictionServicer):
+        for standard in (kserve.InferenceServicer, tfserving.ModelStatusServicer):
             standard(self.core, settings.max_send_message_bytes).add_to_server(self._server)
+        tfserving.PredictionServicer(
+            self.core, settings.max_send_message_bytes, settings.tfserving_tensor_content
+        ).add_to_server(self._server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         reflection.enable_server_reflection(
             (
                 SERVICE_NAME,
                 kserve.SERVICE_NAME,
                 tfserving.SERVICE_NAME,
+                tfserving.MODEL_SERVICE_NAME,
                 health.SERVICE_NAME,
                 reflection.SERVICE_NAME,
             ),
@@ -205,7 +209,8 @@ class Server:
             self.metrics.dropped.labels(self.core.model_name, reason).inc()
 
     async def _set_health(self, status: int) -> None:
-        for name in ("", SERVICE_NAME):
+        # "" is the whole server; each model-serving API answers under its own name too.
+        for name in ("", SERVICE_NAME, tfserving.SERVICE_NAME, tfserving.MODEL_SERVICE_NAME):
             await self._health.set(name, status)
 
 

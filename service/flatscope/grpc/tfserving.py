@@ -1,16 +1,23 @@
-"""The TF Serving servicer: ``tensorflow.serving.PredictionService`` Predict and GetModelMetadata.
+"""The TF Serving servicers: ``tensorflow.serving.PredictionService`` and ``ModelService``.
 
 The message classes are the ones ``tensorflow-serving-api`` ships; its ``TensorProto``
 and ``SignatureDef`` come from TensorFlow's own protos (importing them imports the
-``tensorflow`` package, which the server has loaded anyway). Classify, Regress and
-MultiInference answer UNIMPLEMENTED.
+``tensorflow`` package, which the server has loaded anyway). Predict, GetModelMetadata and
+GetModelStatus are served; Classify, Regress and MultiInference answer UNIMPLEMENTED
+naming Predict, HandleReloadConfigRequest plain UNIMPLEMENTED.
 
-The model has one signature, ``serving_default``. Without ``output_filter`` a Predict
-returns the prediction only; the Flatten tensors are returned when named in it. Replies
-carry ``tensor_content`` when a request input did, else typed ``float_val``.
+Signatures (see :func:`signature_outputs`): ``serving_default`` has the prediction as
+its one output, as a Keras model exported for TF Serving has; each Flatten layer adds a
+signature named after it with the prediction and the layer's two tensors. As in TF
+Serving, a Predict without ``output_filter`` returns every output of its signature; the
+filter may name any output of the model, whatever the signature. Replies carry typed
+``float_val``, as TF Serving's do by default (its example clients read ``float_val``);
+``--tfserving-tensor-content`` makes them ``tensor_content``.
 """
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 import grpc
 import numpy as np
@@ -18,23 +25,37 @@ from tensorflow.core.framework import tensor_shape_pb2, types_pb2
 from tensorflow.core.protobuf import meta_graph_pb2
 from tensorflow_serving.apis import (
     get_model_metadata_pb2,
+    get_model_status_pb2,
     model_pb2,
+    model_service_pb2,
+    model_service_pb2_grpc,
     predict_pb2,
     prediction_service_pb2,
     prediction_service_pb2_grpc,
+    status_pb2,
 )
 
-from flatscope.errors import InvalidInputError, NotFoundError
+from flatscope.errors import (
+    FailedPreconditionError,
+    InvalidInputError,
+    NotFoundError,
+    UnimplementedError,
+)
 from flatscope.grpc import converters
 from flatscope.grpc.methods import PartialServicer
 from flatscope.grpc.servicer import call_deadline
 from flatscope.metadata import ModelDescription, TensorSpec
-from flatscope.signature import NamedResult, Signature
+from flatscope.signature import NamedOutput, NamedResult, Signature
 from flatscope.tensors import ACCEPTED_DTYPE, TensorPayload, Wording
+
+if TYPE_CHECKING:
+    from flatscope.core import ModelCore
 
 SERVICE = prediction_service_pb2.DESCRIPTOR.services_by_name["PredictionService"]
 SERVICE_NAME = SERVICE.full_name
-METHODS = ("Predict", "GetModelMetadata")
+METHODS = ("Predict", "GetModelMetadata", "Classify", "Regress", "MultiInference")
+MODEL_SERVICE = model_service_pb2.DESCRIPTOR.services_by_name["ModelService"]
+MODEL_SERVICE_NAME = MODEL_SERVICE.full_name
 SIGNATURE = "serving_default"
 PREDICT_METHOD = "tensorflow/serving/predict"
 SIGNATURE_DEF = "signature_def"
@@ -48,19 +69,26 @@ class PredictionServicer(PartialServicer, prediction_service_pb2_grpc.Prediction
     Args:
         core: The model core, shared with the other APIs.
         max_reply_bytes: Largest reply the server may send.
+        tensor_content: Reply tensors as ``tensor_content`` instead of ``float_val``.
     """
 
     service = SERVICE
     methods = METHODS
 
+    def __init__(self, core: ModelCore, max_reply_bytes: int, tensor_content: bool = False):
+        super().__init__(core, max_reply_bytes)
+        self._tensor_content = tensor_content
+
     async def Predict(
         self, request: predict_pb2.PredictRequest, context: grpc.aio.ServicerContext
     ) -> bytes:
         name, version = addressed(request.model_spec)
-        inputs, raw = predict_inputs(request)
-        outputs = list(request.output_filter)
+        signature = self._core.signature(name, version)
+        chosen = signature_outputs(signature, request.model_spec.signature_name)
+        outputs = list(request.output_filter) or [output.spec.name for output in chosen]
+        inputs = predict_inputs(request)
         result = await self._core.infer(name, inputs, outputs, version, call_deadline(context))
-        reply = predict_response(result, raw)
+        reply = predict_response(result, self._tensor_content)
         return converters.encoded(reply, self._max_reply_bytes, ASK_FOR_LESS)
 
     async def GetModelMetadata(
@@ -69,21 +97,87 @@ class PredictionServicer(PartialServicer, prediction_service_pb2_grpc.Prediction
         name, version = addressed(request.model_spec)
         check_metadata_fields(request.metadata_field)
         description = self._core.metadata(name, version)
-        return metadata_response(description, self._core.signature(name, version))
+        signature = self._core.signature(name, version)
+        signature_outputs(signature, request.model_spec.signature_name)
+        return metadata_response(description, signature)
+
+    async def Classify(self, request, context):
+        raise UnimplementedError(NOT_A_CLASSIFIER.format(method="Classify"))
+
+    async def Regress(self, request, context):
+        raise UnimplementedError(NOT_A_CLASSIFIER.format(method="Regress"))
+
+    async def MultiInference(self, request, context):
+        raise UnimplementedError(NOT_A_CLASSIFIER.format(method="MultiInference"))
+
+
+NOT_A_CLASSIFIER = (
+    "{method} is not served: it takes tf.Example inputs through a classify or regress "
+    f"signature, and this model has predict signatures only; send a Predict request "
+    f"(signature '{SIGNATURE}') with the input as a DT_FLOAT tensor and read the class "
+    "scores from its output"
+)
+
+
+class ModelStatusServicer(PartialServicer, model_service_pb2_grpc.ModelServiceServicer):
+    """Serves TF Serving's GetModelStatus (the usual readiness poll) from a ModelCore.
+
+    Args:
+        core: The model core, shared with the other APIs.
+        max_reply_bytes: Largest reply the server may send.
+    """
+
+    service = MODEL_SERVICE
+    methods = ("GetModelStatus",)
+
+    async def GetModelStatus(
+        self, request: get_model_status_pb2.GetModelStatusRequest, context
+    ) -> get_model_status_pb2.GetModelStatusResponse:
+        # As TF Serving, the signature is not looked at; while the model loads, this is
+        # UNAVAILABLE as every model call is (a poll retries it).
+        name, version = addressed(request.model_spec)
+        description = self._core.metadata(name, version)
+        status = get_model_status_pb2.ModelVersionStatus(
+            state=get_model_status_pb2.ModelVersionStatus.AVAILABLE,
+            status=status_pb2.StatusProto(),  # OK, set as TF Serving sets it
+        )
+        if description.version.isdigit():
+            status.version = int(description.version)
+        return get_model_status_pb2.GetModelStatusResponse(model_version_status=[status])
+
+
+def signature_outputs(signature: Signature, name: str) -> tuple[NamedOutput, ...]:
+    """The outputs of the served signature ``name`` ("" for ``serving_default``).
+
+    ``serving_default`` has the prediction; the signature named after a Flatten layer
+    has the prediction and that layer's tensors (``<layer>``, ``<layer>/source``).
+
+    Raises:
+        FailedPreconditionError: No signature has that name (TF Serving's status too).
+    """
+    if name in ("", SIGNATURE):
+        return (signature.prediction,)
+    layer = tuple(output for output in signature.outputs if output.layer == name)
+    if not layer:
+        raise FailedPreconditionError(
+            f"serving signature '{name}' not found; the model's signatures are "
+            f"{signature_names(signature)}"
+        )
+    return (signature.prediction, *layer)
+
+
+def signature_names(signature: Signature) -> list[str]:
+    """``serving_default``, then one signature per Flatten layer, named after it."""
+    layers = dict.fromkeys(output.layer for output in signature.outputs if output.layer)
+    return [SIGNATURE, *(layer for layer in layers if layer != SIGNATURE)]
 
 
 def addressed(spec: model_pb2.ModelSpec) -> tuple[str, str]:
     """The model name and version (as a string, "" for any) a ModelSpec addresses.
 
     Raises:
-        NotFoundError: It names a signature other than ``serving_default``, or a version
-            label (this server has none).
+        NotFoundError: It names a version label (this server has none).
     """
-    if spec.signature_name not in ("", SIGNATURE):
-        raise NotFoundError(
-            f"signature '{spec.signature_name}' is not served; the model has one "
-            f"signature, '{SIGNATURE}'"
-        )
     if spec.version_label:
         raise NotFoundError(
             f"version label '{spec.version_label}' is not served; this server has no "
@@ -105,10 +199,8 @@ def check_metadata_fields(fields) -> None:
             )
 
 
-def predict_inputs(
-    request: predict_pb2.PredictRequest,
-) -> tuple[list[tuple[str, TensorPayload]], bool]:
-    """(name, tensor) pairs of a PredictRequest, and whether any came as tensor_content.
+def predict_inputs(request: predict_pb2.PredictRequest) -> list[tuple[str, TensorPayload]]:
+    """The (name, tensor) pairs of a PredictRequest.
 
     Raises:
         InvalidInputError: A dtype other than DT_FLOAT, or a shape of unknown rank.
@@ -129,10 +221,10 @@ def predict_inputs(
             ACCEPTED_DTYPE, shape, proto.tensor_content, proto.float_val, WORDING
         )
         inputs.append((name, payload))
-    return inputs, any(payload.raw_data for _, payload in inputs)
+    return inputs
 
 
-def predict_response(result: NamedResult, raw: bool) -> predict_pb2.PredictResponse:
+def predict_response(result: NamedResult, raw: bool = False) -> predict_pb2.PredictResponse:
     """The PredictResponse for named outputs, as tensor_content when ``raw`` else float_val."""
     reply = predict_pb2.PredictResponse(model_spec=_spec(result.model_name, result.model_version))
     for name, array in result.outputs.items():
@@ -150,13 +242,14 @@ def predict_response(result: NamedResult, raw: bool) -> predict_pb2.PredictRespo
 def metadata_response(
     description: ModelDescription, signature: Signature
 ) -> get_model_metadata_pb2.GetModelMetadataResponse:
-    """The GetModelMetadataResponse: ``serving_default`` with the input and every output."""
-    definition = meta_graph_pb2.SignatureDef(method_name=PREDICT_METHOD)
-    definition.inputs[signature.input.name].CopyFrom(_tensor_info(signature.input))
-    for output in signature.outputs:
-        definition.outputs[output.spec.name].CopyFrom(_tensor_info(output.spec))
+    """The GetModelMetadataResponse: every signature (see :func:`signature_outputs`)."""
     definitions = get_model_metadata_pb2.SignatureDefMap()
-    definitions.signature_def[SIGNATURE].CopyFrom(definition)
+    for name in signature_names(signature):
+        definition = definitions.signature_def[name]
+        definition.method_name = PREDICT_METHOD
+        definition.inputs[signature.input.name].CopyFrom(_tensor_info(signature.input))
+        for output in signature_outputs(signature, name):
+            definition.outputs[output.spec.name].CopyFrom(_tensor_info(output.spec))
     reply = get_model_metadata_pb2.GetModelMetadataResponse(
         model_spec=_spec(description.name, description.version)
     )

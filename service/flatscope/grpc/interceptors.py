@@ -22,7 +22,7 @@ from flatscope.metrics import Metrics, RpcMetrics
 log = logging.getLogger(__name__)
 
 # Never refused by admission nor held on shutdown: probes must get through while model
-# calls are saturated (gRPC health, and KServe's liveness and readiness).
+# calls are saturated (gRPC health, KServe's liveness and readiness, TF Serving's status).
 UNLIMITED_METHODS = frozenset(
     (
         "/grpc.health.v1.Health/Check",
@@ -30,6 +30,7 @@ UNLIMITED_METHODS = frozenset(
         "/inference.GRPCInferenceService/ServerLive",
         "/inference.GRPCInferenceService/ServerReady",
         "/inference.GRPCInferenceService/ModelReady",
+        "/tensorflow.serving.ModelService/GetModelStatus",
     )
 )
 

@@ -5,8 +5,8 @@ is the KServe v2 ``grpc_predict_v2.proto`` plus Triton's own methods, with the s
 field numbers for every message used here; ``tests/grpc/test_kserve.py`` checks them).
 Only the six KServe v2 methods below are served; the rest answer UNIMPLEMENTED.
 
-Replies carry tensors as ``raw_output_contents`` when the request sent
-``raw_input_contents``, else as typed ``contents.fp32_contents``.
+Replies carry every tensor in ``raw_output_contents``, whatever encoding the request used,
+as Triton does: ``tritonclient``'s ``as_numpy`` reads only those.
 """
 
 from __future__ import annotations
@@ -84,11 +84,11 @@ class InferenceServicer(PartialServicer, service_pb2_grpc.GRPCInferenceServiceSe
     async def ModelInfer(
         self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext
     ) -> bytes:
-        inputs, outputs, raw = infer_request(request)
+        inputs, outputs = infer_request(request)
         result = await self._core.infer(
             request.model_name, inputs, outputs, request.model_version, call_deadline(context)
         )
-        reply = infer_response(result, request.id, raw)
+        reply = infer_response(result, request.id)
         return converters.encoded(reply, self._max_reply_bytes, ASK_FOR_LESS)
 
 
@@ -105,9 +105,8 @@ def model_metadata(description: ModelDescription, signature: Signature) -> pb.Mo
 
 def infer_request(
     request: pb.ModelInferRequest,
-) -> tuple[list[tuple[str, TensorPayload]], list[str], bool]:
-    """Reads a ModelInferRequest: (name, tensor) pairs, requested output names, and
-    whether the inputs came as ``raw_input_contents``.
+) -> tuple[list[tuple[str, TensorPayload]], list[str]]:
+    """Reads a ModelInferRequest: (name, tensor) pairs and the requested output names.
 
     Raises:
         InvalidInputError: A datatype other than FP32, typed contents other than
@@ -146,27 +145,24 @@ def infer_request(
     for output in request.outputs:
         _check_parameters(f"output '{output.name}'", output.parameters)
         outputs.append(output.name)
-    return inputs, outputs, bool(raw)
+    return inputs, outputs
 
 
-def infer_response(result: NamedResult, request_id: str, raw: bool) -> pb.ModelInferResponse:
-    """The ModelInferResponse: the outputs in the order asked for, the layout as parameters.
+def infer_response(result: NamedResult, request_id: str) -> pb.ModelInferResponse:
+    """The ModelInferResponse: the outputs in the order asked for, in ``raw_output_contents``,
+    and the layout as parameters.
 
     Args:
         result: The core's answer.
         request_id: The request's ``id``, echoed.
-        raw: Encode tensors as ``raw_output_contents`` (else ``contents.fp32_contents``).
     """
     reply = pb.ModelInferResponse(
         model_name=result.model_name, model_version=result.model_version, id=request_id
     )
     for name, array in result.outputs.items():
         array = np.ascontiguousarray(array, dtype="<f4")
-        tensor = reply.outputs.add(name=name, datatype=FP32, shape=array.shape)
-        if raw:
-            reply.raw_output_contents.append(array.tobytes())
-        else:
-            converters.add_floats(tensor.contents, "fp32_contents", array)
+        reply.outputs.add(name=name, datatype=FP32, shape=array.shape)
+        reply.raw_output_contents.append(array.tobytes())
     if result.layout is not None:
         for key, value in layout_parameters(result.layout).items():
             if isinstance(value, int):

@@ -205,7 +205,7 @@ class Server:
             self.metrics.dropped.labels(self.core.model_name, reason).inc()
 
     async def _set_health(self, status: int) -> None:
-        for name in ("", SERVICE_NAME):
+        for name in ("", SERVICE_NAME, kserve.SERVICE_NAME):
             await self._health.set(name, status)
 
 

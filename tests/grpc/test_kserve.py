@@ -595,7 +595,9 @@ def test_stream_infer_answers_each_request_in_order(default_server, own):
         bad = infer_input(np.zeros((1, 28, 28, 3), np.float32))
         client.async_stream_infer("digits", [bad], request_id="bad")
         wanted = [triton.InferRequestedOutput("digit", class_count=1)]
-        client.async_stream_infer("digits", [infer_input(arrays[0])], outputs=wanted)
+        client.async_stream_infer(
+            "digits", [infer_input(arrays[0])], outputs=wanted, enable_empty_final_response=True
+        )
         got = [answers.get(timeout=TIMEOUT) for _ in range(6)]
     finally:
         client.stop_stream()
@@ -612,6 +614,7 @@ def test_stream_infer_answers_each_request_in_order(default_server, own):
     assert error is None
     best = int(own.predict(arrays[0]).classes[0])
     assert result.as_numpy("digit")[0][0].decode().split(":")[1:] == [str(best), str(best)]
+    assert result.get_response().parameters["triton_final_response"].bool_param
 
 
 def test_statistics_count_requests_and_passes(client):

@@ -23,6 +23,9 @@ WORDING = Wording(
     dtype=FP32, raw="raw_input_contents", values="contents.fp32_contents", nested=False
 )
 CLASSIFICATION = "classification"
+# A request parameter of Triton's streams: mark each stream response final (every request
+# here has one response, which is its final one). perf_analyzer sends it on every call.
+FINAL_RESPONSE = "triton_enable_empty_final_response"
 # ModelConfig parameters that list the outputs ModelMetadata leaves out (see model_config).
 EXTRA_OUTPUTS = "extra_outputs"
 EXTRA_DIMS = "extra_output.{}.dims"
@@ -39,7 +42,7 @@ def infer_request(
             ``fp32_contents``, a ``raw_input_contents`` count that does not match the
             inputs, or a parameter this server does not honour.
     """
-    _check_parameters("the request", request.parameters)
+    _check_parameters("the request", request.parameters, honoured=(FINAL_RESPONSE,))
     raw = request.raw_input_contents
     if raw and len(raw) != len(request.inputs):
         raise InvalidInputError(
@@ -248,7 +251,8 @@ def model_statistics(description: ModelDescription, stats: BatchStatistics) -> p
     """Triton's ModelStatistics from the batcher's counters.
 
     ``compute_infer`` is the forward pass; flatscope does not time input and output
-    handling apart from it, so ``compute_input`` and ``compute_output`` stay zero.
+    handling apart from it, so ``compute_input`` and ``compute_output`` have its counts
+    (clients such as perf_analyzer require the three to agree) and zero time.
     """
     duration = pb.StatisticDuration
     success = stats.success_count
@@ -262,11 +266,16 @@ def model_statistics(description: ModelDescription, stats: BatchStatistics) -> p
             success=duration(count=success, ns=_ns(stats.success_seconds)),
             fail=duration(count=stats.fail_count, ns=_ns(stats.fail_seconds)),
             queue=duration(count=success, ns=_ns(stats.queue_seconds)),
+            compute_input=duration(count=success),
             compute_infer=duration(count=success, ns=_ns(stats.compute_seconds)),
+            compute_output=duration(count=success),
         ),
         batch_stats=[
             pb.InferBatchStatistics(
-                batch_size=size, compute_infer=duration(count=count, ns=_ns(seconds))
+                batch_size=size,
+                compute_input=duration(count=count),
+                compute_infer=duration(count=count, ns=_ns(seconds)),
+                compute_output=duration(count=count),
             )
             for size, (count, seconds) in sorted(stats.passes.items())
         ],
@@ -283,8 +292,9 @@ def _check_parameters(what: str, parameters, honoured: tuple[str, ...] = ()) -> 
     if refused:
         names = ", ".join(f"'{key}'" for key in refused)
         raise InvalidInputError(
-            f"{what} sets parameter {names}, which this server does not honour; the only "
-            f"parameter it reads is an output's '{CLASSIFICATION}' (a class count)"
+            f"{what} sets parameter {names}, which this server does not honour; it reads "
+            f"only an output's '{CLASSIFICATION}' (a class count) and the request's "
+            f"'{FINAL_RESPONSE}'"
         )
 
 

@@ -166,6 +166,8 @@ class InferenceServicer(PartialServicer, service_pb2_grpc.GRPCInferenceServiceSe
             log.exception("ModelStreamInfer request failed")
             message = INTERNAL
         else:
+            if _wants_final_flag(request):
+                reply.parameters["triton_final_response"].bool_param = True
             return pb.ModelStreamInferResponse(infer_response=reply)
         failed = pb.ModelInferResponse(
             model_name=request.model_name, model_version=request.model_version, id=request.id
@@ -183,3 +185,8 @@ class InferenceServicer(PartialServicer, service_pb2_grpc.GRPCInferenceServiceSe
         signature = core.signature(result.model_name)
         labels = {signature.prediction.spec.name: core.metadata(result.model_name).labels}
         return converters.infer_response(result, request.id, outputs, labels)
+
+
+def _wants_final_flag(request: pb.ModelInferRequest) -> bool:
+    flag = request.parameters.get(converters.FINAL_RESPONSE)
+    return flag is not None and flag.bool_param

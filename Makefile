@@ -23,6 +23,7 @@ JAX_TESTS := tests/test_layout.py tests/grpc/test_inspect.py tests/grpc/test_pre
 	tests/grpc/test_concurrency.py
 
 test: $(STAMP)  ## run the test suite
+	bash .ci/install-perf-analyzer  # Triton's perf_analyzer into .venv/bin (once)
 	$(BIN)/python -m pytest
 	KERAS_BACKEND=jax $(BIN)/python -m pytest $(JAX_TESTS)
 

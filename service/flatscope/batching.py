@@ -50,6 +50,38 @@ class BatchingConfig:
     max_enqueued_batches: int = 16
 
 
+@dataclasses.dataclass
+class BatchStatistics:
+    """What a Batcher has done since it started (KServe's ModelStatistics reports it).
+
+    Durations are in seconds, summed over requests; a request in a shared pass is
+    charged the whole pass, as Triton charges it.
+
+    Attributes:
+        success_count: Requests answered.
+        success_seconds: Their time from submit to answer.
+        fail_count: Requests that failed (queue full, deadline, the pass raised).
+        fail_seconds: Their time from submit to failure.
+        queue_seconds: Time answered requests waited for their pass to start.
+        compute_seconds: Time of the passes that answered them.
+        inference_count: Examples run through the model.
+        execution_count: Forward passes.
+        last_inference_ms: When the last request was answered, in ms since the epoch.
+        passes: Batch size -> (passes, their total seconds).
+    """
+
+    success_count: int = 0
+    success_seconds: float = 0.0
+    fail_count: int = 0
+    fail_seconds: float = 0.0
+    queue_seconds: float = 0.0
+    compute_seconds: float = 0.0
+    inference_count: int = 0
+    execution_count: int = 0
+    last_inference_ms: int = 0
+    passes: dict[int, tuple[int, float]] = dataclasses.field(default_factory=dict)
+
+
 @dataclasses.dataclass(eq=False)
 class _Pending:
     inputs: np.ndarray
@@ -59,6 +91,8 @@ class _Pending:
     deadline: float | None
     found_idle: bool
     taken: bool = False  # into a batch: its pass has run or is running
+    started: float = 0.0  # when its pass started
+    compute: float = 0.0  # how long its pass took
 
 
 class Batcher:
@@ -97,6 +131,11 @@ class Batcher:
         self._closed = False
         self._timer: asyncio.TimerHandle | None = None  # wakes a waiting batch at its timeout
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._stats = BatchStatistics()
+
+    def statistics(self) -> BatchStatistics:
+        """A copy of the counters (see :class:`BatchStatistics`)."""
+        return dataclasses.replace(self._stats, passes=dict(self._stats.passes))
 
     @property
     def in_flight(self) -> int:
@@ -141,8 +180,9 @@ class Batcher:
         self._queued_examples += count
         self._in_flight += 1
         self._schedule()
+        stats = self._stats
         try:
-            return await pending.future
+            rows = await pending.future
         except asyncio.CancelledError:
             dropped = not pending.future.done() or pending.future.cancelled()
             if dropped and not pending.taken:
@@ -154,8 +194,18 @@ class Batcher:
                 )
                 self._count_drop("deadline" if late else "cancelled")
             raise
+        except Exception:
+            stats.fail_count += 1
+            stats.fail_seconds += time.monotonic() - pending.enqueued
+            raise
         finally:
             self._in_flight -= 1
+        stats.success_count += 1
+        stats.success_seconds += time.monotonic() - pending.enqueued
+        stats.queue_seconds += pending.started - pending.enqueued
+        stats.compute_seconds += pending.compute
+        stats.last_inference_ms = time.time_ns() // 1_000_000  # a time of day, not a duration
+        return rows
 
     def _unqueue(self, pending: _Pending) -> None:
         """Frees a waiting request's room in the queue at once, not when its turn comes."""
@@ -283,15 +333,23 @@ class Batcher:
         inputs = [pending.inputs for pending in batch]
         packed = inputs[0] if len(inputs) == 1 else np.concatenate(inputs)
         extras = any(pending.extras for pending in batch)
-        if self._metrics is None:
-            results = self._run(packed, extras)
-        else:
-            start = time.monotonic()
+        start = time.monotonic()
+        if self._metrics is not None:
             for pending in batch:
                 self._queue_seconds.observe(start - pending.enqueued)
             self._batch_size.observe(len(packed))
-            results = self._run(packed, extras)
-            self._inference_seconds.observe(time.monotonic() - start)
+        results = self._run(packed, extras)
+        seconds = time.monotonic() - start
+        if self._metrics is not None:
+            self._inference_seconds.observe(seconds)
+        # Counted here, on the one thread that runs passes; read from the event loop.
+        stats = self._stats
+        stats.inference_count += len(packed)
+        stats.execution_count += 1
+        passes, total = stats.passes.get(len(packed), (0, 0.0))
+        stats.passes[len(packed)] = (passes + 1, total + seconds)
+        for pending in batch:
+            pending.started, pending.compute = start, seconds
         rows = []
         offset = 0
         for pending in batch:

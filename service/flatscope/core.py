@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from flatscope import tensors
-from flatscope.batching import Batcher, BatchingConfig
+from flatscope.batching import Batcher, BatchingConfig, BatchStatistics
 from flatscope.errors import (
     FailedPreconditionError,
     InvalidInputError,
@@ -36,6 +36,9 @@ class ModelCore:
         metrics: Where queue, batch and inference timings go; None measures nothing.
         executor: Where forward passes run, off the event loop; None makes a
             one-thread pool (the framework parallelises each pass itself).
+
+    Attributes:
+        batching: The batcher's knobs, from the settings.
     """
 
     def __init__(
@@ -53,6 +56,12 @@ class ModelCore:
         self._served: ServedModel | None = None
         self._signature: Signature | None = None
         self._batcher: Batcher | None = None
+        self.batching = BatchingConfig(
+            enabled=settings.batching,
+            max_batch_size=settings.max_batch_size,
+            batch_timeout=settings.batch_timeout,
+            max_enqueued_batches=settings.max_enqueued_batches,
+        )
 
     @property
     def ready(self) -> bool:
@@ -67,15 +76,8 @@ class ModelCore:
             self._metrics.set_model(info.name, info.version, info.backend, info.device)
             if served.runner.gpu_memory_bytes is not None:
                 self._metrics.watch_gpu_memory(served.runner.gpu_memory_bytes)
-        settings = self._settings
-        config = BatchingConfig(
-            enabled=settings.batching,
-            max_batch_size=settings.max_batch_size,
-            batch_timeout=settings.batch_timeout,
-            max_enqueued_batches=settings.max_enqueued_batches,
-        )
         self._batcher = batcher = Batcher(
-            served.runner.run, config, self._executor, self._metrics, model=info.name
+            served.runner.run, self.batching, self._executor, self._metrics, model=info.name
         )
         if self._metrics is not None:
             # Read at scrape time: nothing to count per request.
@@ -124,6 +126,17 @@ class ModelCore:
         self._model(model_name, model_version)
         assert self._signature is not None  # set with _served
         return self._signature
+
+    def statistics(self, model_name: str, model_version: str = "") -> BatchStatistics:
+        """What the served model's batcher has done since the model loaded.
+
+        Raises:
+            NotFoundError: ``model_name`` or ``model_version`` is not served.
+            NotReadyError: The model is still loading.
+        """
+        self._model(model_name, model_version)
+        assert self._batcher is not None  # set with _served
+        return self._batcher.statistics()
 
     async def predict(
         self,

@@ -27,7 +27,11 @@ class LayerRow:
 
 @dataclasses.dataclass(frozen=True)
 class ModelDescription:
-    """What GetModelMetadata returns about the served model."""
+    """What GetModelMetadata returns about the served model.
+
+    ``labels`` names the prediction's classes, by index (the embedded model's are the
+    digits); empty when unknown. KServe classification replies append them.
+    """
 
     name: str
     version: str
@@ -42,3 +46,4 @@ class ModelDescription:
     non_trainable_params: int
     flatten_layers: tuple[str, ...]
     max_batch_size: int = 0
+    labels: tuple[str, ...] = ()

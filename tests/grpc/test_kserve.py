@@ -18,6 +18,7 @@ from google.protobuf.descriptor_pool import DescriptorPool
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
 )
+from tritonclient.grpc import model_config_pb2 as mc
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc
 from tritonclient.utils import InferenceServerException
@@ -186,10 +187,10 @@ def test_server_metadata(client):
     metadata = client.get_server_metadata()
     assert metadata.name == "flatscope"
     assert metadata.version == flatscope.__version__
-    assert list(metadata.extensions) == []
+    assert list(metadata.extensions) == ["classification", "model_configuration", "statistics"]
 
 
-def test_model_metadata_lists_the_prediction_and_the_flatten_tensors(client, own):
+def test_model_metadata_lists_the_models_own_input_and_output(client, own):
     metadata = client.get_model_metadata("digits", "1")
     description = own.metadata()
     assert metadata.name == description.name == "digits"
@@ -198,13 +199,37 @@ def test_model_metadata_lists_the_prediction_and_the_flatten_tensors(client, own
     shapes = {t.name: (t.datatype, list(t.shape)) for t in metadata.inputs}
     assert shapes == {"image": ("FP32", [-1, 48, 48, 3])}
     shapes = {t.name: (t.datatype, list(t.shape)) for t in metadata.outputs}
-    assert shapes == {
-        "digit": ("FP32", [-1, 10]),
-        "flatten": ("FP32", [-1, FLAT_SIZE]),
-        "flatten/source": ("FP32", [-1, *SOURCE_SHAPE]),
-    }
+    assert shapes == {"digit": ("FP32", [-1, 10])}
     assert description.outputs[0].name == "digit"
     assert description.flatten_layers == ("flatten",)
+
+
+def test_model_config_as_triton_writes_it(client, default_server):
+    config = client.get_model_config("digits", "1").config
+    assert (config.name, config.platform, config.backend) == (
+        "digits",
+        "keras_tensorflow",
+        "flatscope",
+    )
+    assert config.max_batch_size == 256
+    [image] = config.input
+    assert (image.name, image.data_type, list(image.dims)) == ("image", mc.TYPE_FP32, [48, 48, 3])
+    assert image.format == mc.ModelInput.FORMAT_NHWC
+    [digit] = config.output
+    assert (digit.name, digit.data_type, list(digit.dims)) == ("digit", mc.TYPE_FP32, [10])
+    settings = default_server.settings
+    delay = round(settings.batch_timeout * 1e6)
+    assert config.dynamic_batching.max_queue_delay_microseconds == delay
+    assert list(config.version_policy.specific.versions) == [1]
+    [group] = config.instance_group
+    assert (group.count, group.kind) == (1, mc.ModelInstanceGroup.KIND_CPU)
+    parameters = {key: value.string_value for key, value in config.parameters.items()}
+    assert parameters == {
+        "extra_outputs": "flatten,flatten/source",
+        "extra_output.flatten.dims": str(FLAT_SIZE),
+        "extra_output.flatten/source.dims": "24,24,32",
+        "max_enqueued_examples": str(settings.max_enqueued_batches * 256),
+    }
 
 
 def test_infer_raw_returns_the_prediction_only_and_equals_predict(client, own):
@@ -252,26 +277,32 @@ def test_infer_only_the_flatten_output_in_the_order_asked(client, own):
     np.testing.assert_array_equal(result.as_numpy("flatten"), own.inspect(array).flattened)
 
 
-def test_typed_contents_get_typed_contents_equal_to_raw(stub):
+def test_typed_contents_get_raw_replies_equal_to_raw(stub, client):
+    # Triton replies raw whatever the request sent; tritonclient's as_numpy reads only that.
     array = images(2, seed=4)
     typed = stub.ModelInfer(typed_request(array, *ALL_OUTPUTS), timeout=TIMEOUT)
     raw = stub.ModelInfer(raw_request(array, *ALL_OUTPUTS), timeout=TIMEOUT)
-    assert len(typed.raw_output_contents) == 0
-    assert len(raw.raw_output_contents) == 3
+    assert len(typed.raw_output_contents) == len(raw.raw_output_contents) == 3
     for k, (t, r) in enumerate(zip(typed.outputs, raw.outputs, strict=True)):
         assert t.name == r.name == ALL_OUTPUTS[k]
         assert list(t.shape) == list(r.shape)
         assert t.datatype == r.datatype == "FP32"
-        np.testing.assert_array_equal(
-            np.asarray(t.contents.fp32_contents, np.float32),
-            np.frombuffer(raw.raw_output_contents[k], "<f4"),
-        )
+        assert not t.HasField("contents")
+        assert typed.raw_output_contents[k] == raw.raw_output_contents[k]
+    result = triton.InferResult(typed)
+    assert result.as_numpy("digit").shape == (2, 10)
 
 
 def test_unimplemented_triton_methods_are_unimplemented(stub):
-    with pytest.raises(grpc.RpcError) as caught:
-        stub.ModelConfig(pb.ModelConfigRequest(name="digits"), timeout=TIMEOUT)
-    assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    calls = [
+        (stub.RepositoryModelLoad, pb.RepositoryModelLoadRequest(model_name="digits")),
+        (stub.SystemSharedMemoryStatus, pb.SystemSharedMemoryStatusRequest()),
+        (stub.TraceSetting, pb.TraceSettingRequest()),
+    ]
+    for call, request in calls:
+        with pytest.raises(grpc.RpcError) as caught:
+            call(request, timeout=TIMEOUT)
+        assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
 
 
 def test_reflection_describes_the_service(default_server):
@@ -367,8 +398,18 @@ def _no_inputs(request):
     request.ClearField("raw_input_contents")
 
 
-def _classification(request):
-    request.outputs.add(name="digit").parameters["classification"].int64_param = 3
+def _classification(value):
+    def mutate(request):
+        request.outputs.add(name="digit").parameters["classification"].int64_param = value
+
+    return mutate
+
+
+def _request_parameter(name, **value):
+    def mutate(request):
+        request.parameters[name].MergeFrom(pb.InferParameter(**value))
+
+    return mutate
 
 
 def _shared_memory(request):
@@ -439,8 +480,27 @@ INVALID = [
         ["output 'probabilities' is not an output", "'digit', 'flatten', 'flatten/source'"],
         id="unknown-output",
     ),
-    pytest.param(_classification, ["parameter 'classification'"], id="classification"),
-    pytest.param(_shared_memory, ["parameter 'shared_memory_region'"], id="shared-memory"),
+    pytest.param(_classification(0), ["'classification' to 0", "1 or more"], id="class-count"),
+    pytest.param(
+        _shared_memory,
+        ["input 'image' sets parameter 'shared_memory_region'", "does not honour"],
+        id="shared-memory",
+    ),
+    pytest.param(
+        _request_parameter("sequence_id", int64_param=7),
+        ["the request sets parameter 'sequence_id'", "does not honour", "'classification'"],
+        id="sequence-id",
+    ),
+    pytest.param(
+        _request_parameter("priority", uint64_param=1),
+        ["parameter 'priority'"],
+        id="priority",
+    ),
+    pytest.param(
+        _request_parameter("timeout", int64_param=1000),
+        ["parameter 'timeout'"],
+        id="timeout",
+    ),
 ]
 
 
@@ -489,3 +549,97 @@ def test_the_client_reports_status_and_message(client):
     assert "output 'x' is not an output" in caught.value.message()
     result = client.infer("digits", [infer_input(images())])
     assert result.as_numpy("digit").shape == (1, 10)
+
+
+def test_classification_is_top_k_as_triton_formats_it(client, own):
+    array = images(2, seed=5)
+    requested = [triton.InferRequestedOutput("digit", class_count=3)]
+    result = client.infer("digits", [infer_input(array)], outputs=requested)
+    [output] = result.get_response().outputs
+    assert (output.datatype, list(output.shape)) == ("BYTES", [2, 3])
+    scores = own.predict(array).outputs
+    for row, example in zip(result.as_numpy("digit"), scores, strict=True):
+        top = np.argsort(-example, kind="stable")[:3]
+        fields = [item.decode().split(":") for item in row]
+        assert [int(index) for _, index, _ in fields] == top.tolist()
+        assert [label for *_, label in fields] == [str(k) for k in top]  # the digits
+        np.testing.assert_allclose([float(score) for score, *_ in fields], example[top], atol=1e-5)
+
+
+def test_classification_of_a_flatten_tensor_has_no_labels(client, own):
+    array = images(1, seed=6)
+    requested = [
+        triton.InferRequestedOutput("flatten", class_count=2),
+        triton.InferRequestedOutput("digit"),
+    ]
+    result = client.infer("digits", [infer_input(array)], outputs=requested)
+    seen = own.inspect(array)
+    flat = seen.flattened[0]
+    top = np.argsort(-flat, kind="stable")[:2]
+    fields = [item.decode().split(":") for item in result.as_numpy("flatten")[0]]
+    assert [int(index) for _, index in fields] == top.tolist()
+    np.testing.assert_allclose([float(score) for score, _ in fields], flat[top], atol=1e-5)
+    np.testing.assert_allclose(result.as_numpy("digit"), seen.outputs, atol=1e-5)
+
+
+def test_stream_infer_answers_each_request_in_order(default_server, own):
+    import queue
+
+    answers: queue.Queue = queue.Queue()
+    client = triton.InferenceServerClient(default_server.target)
+    client.start_stream(callback=lambda result, error: answers.put((result, error)))
+    try:
+        arrays = [images(k + 1, seed=10 + k) for k in range(4)]
+        for k, array in enumerate(arrays):
+            client.async_stream_infer("digits", [infer_input(array)], request_id=f"s{k}")
+        bad = infer_input(np.zeros((1, 28, 28, 3), np.float32))
+        client.async_stream_infer("digits", [bad], request_id="bad")
+        wanted = [triton.InferRequestedOutput("digit", class_count=1)]
+        client.async_stream_infer(
+            "digits", [infer_input(arrays[0])], outputs=wanted, enable_empty_final_response=True
+        )
+        got = [answers.get(timeout=TIMEOUT) for _ in range(6)]
+    finally:
+        client.stop_stream()
+        client.close()
+    for k, array in enumerate(arrays):
+        result, error = got[k]
+        assert error is None
+        assert result.get_response().id == f"s{k}"
+        np.testing.assert_allclose(result.as_numpy("digit"), own.predict(array).outputs, atol=1e-5)
+    result, error = got[4]
+    assert result is None
+    assert "(1, 28, 28, 3) does not match (batch, 48, 48, 3)" in error.message()
+    result, error = got[5]
+    assert error is None
+    best = int(own.predict(arrays[0]).classes[0])
+    assert result.as_numpy("digit")[0][0].decode().split(":")[1:] == [str(best), str(best)]
+    assert result.get_response().parameters["triton_final_response"].bool_param
+
+
+def test_statistics_count_requests_and_passes(client):
+    def stats():
+        [model] = client.get_inference_statistics("digits").model_stats
+        return model
+
+    before = stats()
+    client.infer("digits", [infer_input(images(3))])
+    after = stats()
+    assert (after.name, after.version) == ("digits", "1")
+    assert after.inference_count - before.inference_count == 3
+    assert after.execution_count - before.execution_count == 1
+    inference, earlier = after.inference_stats, before.inference_stats
+    assert inference.success.count - earlier.success.count == 1
+    assert inference.queue.count == inference.compute_infer.count == inference.success.count
+    assert inference.success.ns > inference.compute_infer.ns > earlier.compute_infer.ns
+    assert after.last_inference >= before.last_inference > 0
+    sizes = {entry.batch_size: entry.compute_infer.count for entry in after.batch_stats}
+    assert sizes.get(3, 0) >= 1
+    with pytest.raises(InferenceServerException) as caught:
+        client.get_inference_statistics("no-such-model")
+    assert caught.value.status() == "StatusCode.NOT_FOUND"
+
+
+def test_repository_index_lists_the_served_model(client):
+    index = client.get_model_repository_index()
+    assert [(m.name, m.version, m.state) for m in index.models] == [("digits", "1", "READY")]

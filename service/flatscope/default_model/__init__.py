@@ -15,6 +15,8 @@ MODEL_FILE = "digits_cnn.keras"
 IMAGE_SIZE = 48
 TEST_FRACTION = 0.25
 SPLIT_SEED = 0
+# The prediction's classes by index: class k is the digit k (scikit-learn's targets).
+LABELS = tuple(str(digit) for digit in range(10))
 
 
 def model_path() -> Path:

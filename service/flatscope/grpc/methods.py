@@ -13,10 +13,11 @@ if TYPE_CHECKING:
     from flatscope.core import ModelCore
 
 
-def add_unary_methods(
+def add_methods(
     server: grpc.aio.Server, service: ServiceDescriptor, servicer: object, methods: Sequence[str]
 ) -> None:
-    """Registers ``servicer``'s handlers for the unary ``methods`` of ``service``.
+    """Registers ``servicer``'s handlers for ``methods`` of ``service`` (unary, or streaming
+    as the service declares them).
 
     The generated ``add_..._to_server`` registers every method of a service, so a method
     this server does not implement would reach the generated base class, which raises;
@@ -33,7 +34,8 @@ def add_unary_methods(
         method = service.methods_by_name[name]
         request = message_factory.GetMessageClass(method.input_type)
         response = message_factory.GetMessageClass(method.output_type)
-        handlers[name] = grpc.unary_unary_rpc_method_handler(
+        factory = _HANDLERS[method.client_streaming, method.server_streaming]
+        handlers[name] = factory(
             getattr(servicer, name),
             request_deserializer=request.FromString,
             response_serializer=response.SerializeToString,
@@ -42,6 +44,14 @@ def add_unary_methods(
         (grpc.method_handlers_generic_handler(service.full_name, handlers),)
     )
     server.add_registered_method_handlers(service.full_name, handlers)
+
+
+_HANDLERS = {
+    (False, False): grpc.unary_unary_rpc_method_handler,
+    (False, True): grpc.unary_stream_rpc_method_handler,
+    (True, False): grpc.stream_unary_rpc_method_handler,
+    (True, True): grpc.stream_stream_rpc_method_handler,
+}
 
 
 class PartialServicer:
@@ -63,4 +73,4 @@ class PartialServicer:
 
     def add_to_server(self, server: grpc.aio.Server) -> None:
         """Registers the served methods on ``server``."""
-        add_unary_methods(server, self.service, self, self.methods)
+        add_methods(server, self.service, self, self.methods)

@@ -210,7 +210,14 @@ class Server:
 
     async def _set_health(self, status: int) -> None:
         # "" is the whole server; each model-serving API answers under its own name too.
-        for name in ("", SERVICE_NAME, tfserving.SERVICE_NAME, tfserving.MODEL_SERVICE_NAME):
+        names = (
+            "",
+            SERVICE_NAME,
+            kserve.SERVICE_NAME,
+            tfserving.SERVICE_NAME,
+            tfserving.MODEL_SERVICE_NAME,
+        )
+        for name in names:
             await self._health.set(name, status)
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from flatscope import default_model
 from flatscope.errors import ModelLoadError, one_line
 from flatscope.inference import model as keras_model
 from flatscope.inference.runner import CompiledModel, compile_model, configure_devices
@@ -67,6 +68,7 @@ def load_served_model(
             keras_model.describe(model, source, name, version),
             device=runner.device,
             max_batch_size=max_batch_size,
+            labels=default_model.LABELS if path is None else (),
         )
         served = ServedModel(runner=runner, description=description, layouts=layouts)
         _warm_up(served)

@@ -1,0 +1,192 @@
+"""The ``inference.GRPCInferenceService`` servicer: KServe v2 plus Triton's extensions.
+
+The message classes are the ones ``tritonclient`` ships (Triton's ``grpc_service.proto``
+is the KServe v2 ``grpc_predict_v2.proto`` plus Triton's own methods, with the same
+field numbers for every message used here; ``tests/grpc/test_kserve.py`` checks them).
+The methods below are served; the rest (shared memory, repository load and unload,
+trace and log settings) answer UNIMPLEMENTED.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+
+import grpc
+from tritonclient.grpc import service_pb2 as pb
+from tritonclient.grpc import service_pb2_grpc
+
+import flatscope
+from flatscope.errors import FlatscopeError, NotFoundError
+from flatscope.grpc import converters as common
+from flatscope.grpc.interceptors import status_message
+from flatscope.grpc.kserve import converters
+from flatscope.grpc.methods import PartialServicer
+from flatscope.grpc.servicer import call_deadline
+
+log = logging.getLogger(__name__)
+
+SERVICE = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"]
+SERVICE_NAME = SERVICE.full_name
+METHODS = (
+    "ServerLive",
+    "ServerReady",
+    "ModelReady",
+    "ServerMetadata",
+    "ModelMetadata",
+    "ModelConfig",
+    "ModelStatistics",
+    "RepositoryIndex",
+    "ModelInfer",
+    "ModelStreamInfer",
+)
+# Triton's names of the extensions served whole (RepositoryIndex alone is not
+# model_repository, which also loads and unloads).
+EXTENSIONS = ("classification", "model_configuration", "statistics")
+ASK_FOR_LESS = "send fewer examples per request, or leave '<layer>/source' out of the outputs"
+# Requests of one stream in the core at once; the stream reads no further meanwhile.
+STREAM_WINDOW = 16
+INTERNAL = "internal error; the server log has details"
+
+
+class InferenceServicer(PartialServicer, service_pb2_grpc.GRPCInferenceServiceServicer):
+    """Serves KServe v2 and Triton's model methods from a ModelCore.
+
+    Args:
+        core: The model core, shared with the other APIs.
+        max_reply_bytes: Largest reply the server may send.
+    """
+
+    service = SERVICE
+    methods = METHODS
+
+    async def ServerLive(self, request: pb.ServerLiveRequest, context) -> pb.ServerLiveResponse:
+        return pb.ServerLiveResponse(live=True)
+
+    async def ServerReady(self, request: pb.ServerReadyRequest, context) -> pb.ServerReadyResponse:
+        return pb.ServerReadyResponse(ready=self._core.ready)
+
+    async def ModelReady(self, request: pb.ModelReadyRequest, context) -> pb.ModelReadyResponse:
+        return pb.ModelReadyResponse(ready=self._core.is_ready(request.name, request.version))
+
+    async def ServerMetadata(
+        self, request: pb.ServerMetadataRequest, context
+    ) -> pb.ServerMetadataResponse:
+        return pb.ServerMetadataResponse(
+            name="flatscope", version=flatscope.__version__, extensions=EXTENSIONS
+        )
+
+    async def ModelMetadata(
+        self, request: pb.ModelMetadataRequest, context
+    ) -> pb.ModelMetadataResponse:
+        description = self._core.metadata(request.name, request.version)
+        signature = self._core.signature(request.name, request.version)
+        return converters.model_metadata(description, signature)
+
+    async def ModelConfig(self, request: pb.ModelConfigRequest, context) -> pb.ModelConfigResponse:
+        description = self._core.metadata(request.name, request.version)
+        signature = self._core.signature(request.name, request.version)
+        return converters.model_config(description, signature, self._core.batching)
+
+    async def ModelStatistics(
+        self, request: pb.ModelStatisticsRequest, context
+    ) -> pb.ModelStatisticsResponse:
+        description = self._core.metadata(request.name, request.version)
+        stats = self._core.statistics(request.name, request.version)
+        return pb.ModelStatisticsResponse(
+            model_stats=[converters.model_statistics(description, stats)]
+        )
+
+    async def RepositoryIndex(
+        self, request: pb.RepositoryIndexRequest, context
+    ) -> pb.RepositoryIndexResponse:
+        if request.repository_name:
+            raise NotFoundError(
+                f"repository '{request.repository_name}' is not served here; this server "
+                "has one, unnamed (leave repository_name empty)"
+            )
+        if not self._core.ready:  # the model's name is known once it has loaded
+            return pb.RepositoryIndexResponse()
+        description = self._core.metadata("")
+        model = pb.RepositoryIndexResponse.ModelIndex(
+            name=description.name, version=description.version, state="READY"
+        )
+        return pb.RepositoryIndexResponse(models=[model])
+
+    async def ModelInfer(
+        self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext
+    ) -> bytes:
+        reply = await self._infer(request, call_deadline(context))
+        return common.encoded(reply, self._max_reply_bytes, ASK_FOR_LESS)
+
+    async def ModelStreamInfer(
+        self, requests: AsyncIterator[pb.ModelInferRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.ModelStreamInferResponse]:
+        """Answers each request of the stream, in order, as ModelInfer would.
+
+        Up to STREAM_WINDOW requests are in the core at once (they may share passes).
+        A request that fails is answered with ``error_message`` (the message its status
+        would carry) and the stream goes on, as Triton does.
+        """
+        deadline = call_deadline(context)
+        window = asyncio.Semaphore(STREAM_WINDOW)
+        answers: asyncio.Queue[asyncio.Task | None] = asyncio.Queue()  # bounded by window
+
+        async def read() -> None:
+            try:
+                async for request in requests:
+                    await window.acquire()
+                    answers.put_nowait(asyncio.create_task(self._stream_answer(request, deadline)))
+            finally:
+                answers.put_nowait(None)
+
+        reader = asyncio.create_task(read())
+        try:
+            while (answer := await answers.get()) is not None:
+                yield await answer
+                window.release()
+            await reader  # what ended the reading (the client's half-close, or an error)
+        finally:
+            reader.cancel()
+            while not answers.empty():
+                task = answers.get_nowait()
+                if task is not None:
+                    task.cancel()
+
+    async def _stream_answer(
+        self, request: pb.ModelInferRequest, deadline: float | None
+    ) -> pb.ModelStreamInferResponse:
+        try:
+            reply = await self._infer(request, deadline)
+            common.encoded(reply, self._max_reply_bytes, ASK_FOR_LESS)  # the size check
+        except FlatscopeError as exc:
+            message = status_message(str(exc))
+        except Exception:
+            log.exception("ModelStreamInfer request failed")
+            message = INTERNAL
+        else:
+            if _wants_final_flag(request):
+                reply.parameters["triton_final_response"].bool_param = True
+            return pb.ModelStreamInferResponse(infer_response=reply)
+        failed = pb.ModelInferResponse(
+            model_name=request.model_name, model_version=request.model_version, id=request.id
+        )
+        return pb.ModelStreamInferResponse(error_message=message, infer_response=failed)
+
+    async def _infer(
+        self, request: pb.ModelInferRequest, deadline: float | None
+    ) -> pb.ModelInferResponse:
+        inputs, outputs = converters.infer_request(request)
+        core = self._core
+        result = await core.infer(
+            request.model_name, inputs, list(outputs), request.model_version, deadline
+        )
+        signature = core.signature(result.model_name)
+        labels = {signature.prediction.spec.name: core.metadata(result.model_name).labels}
+        return converters.infer_response(result, request.id, outputs, labels)
+
+
+def _wants_final_flag(request: pb.ModelInferRequest) -> bool:
+    flag = request.parameters.get(converters.FINAL_RESPONSE)
+    return flag is not None and flag.bool_param

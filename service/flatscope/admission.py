@@ -51,6 +51,7 @@ class Admission:
         self._reply_budget = budget_bytes - self._request_budget
         self._peer_bytes = int(budget_bytes * PEER_SHARE)
         self.calls = 0
+        self.receiving = 0  # calls whose request message is still arriving
         self.request_bytes = 0
         self.reply_bytes = 0
         self._by_peer: dict[str, int] = {}
@@ -102,6 +103,17 @@ class Admission:
                 "memory",
             )
 
+    def received(self) -> None:
+        """Ends a call's receiving (``receiving`` was counted up when it began)."""
+        self.receiving -= 1
+        if self.closed:
+            self._activity()
+
+    def _activity(self) -> None:
+        self.last_activity = time.monotonic()
+        if self.calls == 0 and self.receiving == 0:
+            self._idle.set()
+
     async def refuse_when_stopped(self) -> None:
         """For a call that arrived after :meth:`close`: waits until :meth:`release_held`.
 
@@ -123,15 +135,17 @@ class Admission:
         with UNAVAILABLE, which clients retry on another replica.
         """
         self.closed = True
-        if self.calls == 0:
-            self._idle.set()
+        self._activity()
 
     def release_held(self) -> None:
         """Refuses the calls held since :meth:`close`."""
         self._released.set()
 
     async def wait_idle(self, timeout: float) -> bool:
-        """After :meth:`close`: True once no admitted call is left, False after ``timeout``."""
+        """After :meth:`close`: True once no call is admitted or arriving, False after ``timeout``.
+
+        A call whose message is still arriving when gRPC's stop begins would be cancelled.
+        """
         try:
             await asyncio.wait_for(self._idle.wait(), max(0.0, timeout))
         except TimeoutError:
@@ -212,6 +226,4 @@ class Ticket:
         self._request = self._reply = 0
         if admission.closed:
             # Its client may call again on the reply: that call must be held too.
-            admission.last_activity = time.monotonic()
-            if admission.calls == 0:
-                admission._idle.set()
+            admission._activity()

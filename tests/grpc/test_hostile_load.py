@@ -12,12 +12,15 @@ each costs seconds to start.
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import dataclasses
+import signal
 import time
 from collections.abc import Callable, Iterator
 
 import attackers
+import grpc
 import numpy as np
 import pytest
 from attackers import AttackResult, MiB, Watch
@@ -45,6 +48,7 @@ RECOVERY = 15.0
 # the stalled-streams attack meets it.
 STREAMS_PER_CONNECTION = 3000
 MAX_BATCH = 256  # the server's --max-batch-size (its default)
+PREDICT = "/flatscope.v1.ModelService/Predict"
 PROBES_OK = 0.95  # the fraction of probes that must succeed during an attack
 # Health answers while 38 MB replies are being encoded: a quarter of the probes' 1 s.
 HEALTH_P99_MS = 250.0
@@ -238,13 +242,21 @@ def test_replies_nobody_reads_fill_only_their_half_of_the_budget_until_connectio
 
 
 def test_requests_over_the_memory_budget_are_refused(server, shape):
-    calls = 20  # 20 x 15 MiB at once (under --max-receive-message-bytes): more than the budget
-    outcome = survive(
-        server,
-        shape,
-        lambda: attackers.big_requests(server.target, shape, calls=calls, size=15 * MiB),
-    )
+    # 4 storms of 20 x 15 MiB at once (under --max-receive-message-bytes): each more than
+    # the requests' half of the budget; several, so that enough probes run during them.
+    calls, storms = 20, 4
+
+    def attack() -> AttackResult:
+        results = [
+            attackers.big_requests(server.target, shape, calls=calls, size=15 * MiB)
+            for _ in range(storms)
+        ]
+        statuses = sum((result.statuses for result in results), collections.Counter())
+        return AttackResult(statuses, results[-1].facts)
+
+    outcome = survive(server, shape, attack)
     statuses = outcome.result.statuses
+    assert sum(statuses.values()) == calls * storms, outcome.result.describe()
     # Refused when too many are held at once; how many that is depends on how fast the
     # server gets through them (RSS is bounded either way, see survive()).
     assert set(statuses) <= {"OK", "RESOURCE_EXHAUSTED"}, outcome.result.describe()
@@ -291,3 +303,67 @@ def test_health_answers_while_big_typed_replies_are_encoded(server, shape):
     result = outcome.result
     assert set(result.statuses) == {"OK"}, result.describe()
     assert result.facts.get("health p99 ms", float("inf")) <= HEALTH_P99_MS, result.describe()
+
+
+def test_a_rolling_restart_under_64_callers_ends_every_call_ok_or_unavailable(
+    tmp_path_factory: pytest.TempPathFactory,
+):
+    """SIGTERM (--shutdown-delay 1 --shutdown-grace 5) while 64 callers keep calling.
+
+    Every call ends OK, or UNAVAILABLE (never started: clients retry it elsewhere); none
+    CANCELLED, whether it waited in gRPC core, raced the GOAWAY or was running.
+    """
+    server = ServerProcess(
+        tmp_path_factory.mktemp("drain") / "serve.log",
+        "--shutdown-delay",
+        "1",
+        "--shutdown-grace",
+        "5",
+    ).start()
+    try:
+        codes, exited_after = asyncio.run(_call_through_sigterm(server, callers=64))
+    finally:
+        server.kill()
+    assert server.proc.returncode == 0, server.log()
+    assert codes["OK"] > 0 and codes["UNAVAILABLE"] > 0, codes
+    assert set(codes) == {"OK", "UNAVAILABLE"}, codes
+    # The port stayed open for the delay, then closed once the calls in flight were done.
+    assert 1.0 <= exited_after < 1.0 + 5.0 + 2.0, exited_after
+
+
+async def _call_through_sigterm(
+    server: ServerProcess, callers: int
+) -> tuple[collections.Counter[str], float]:
+    """Calls Predict from ``callers`` loops, SIGTERMs the server after 2 s, and keeps calling
+    until it has exited; the final status of every call, and seconds from SIGTERM to exit."""
+    shape = attackers.model_input_shape(server.target)
+    message = attackers.predict_request(shape, batch=1)
+    channels = [grpc.aio.insecure_channel(server.target) for _ in range(4)]
+    codes: collections.Counter[str] = collections.Counter()
+    stop = asyncio.Event()
+
+    async def caller(index: int) -> None:
+        predict = channels[index % len(channels)].unary_unary(PREDICT)
+        while not stop.is_set():
+            try:
+                await predict(message, timeout=30)
+                codes["OK"] += 1
+            except grpc.aio.AioRpcError as exc:
+                codes[exc.code().name] += 1
+                await asyncio.sleep(0.05)
+
+    tasks = [asyncio.create_task(caller(i)) for i in range(callers)]
+    try:
+        await asyncio.sleep(2.0)
+        sigterm = time.monotonic()
+        server.proc.send_signal(signal.SIGTERM)
+        while server.proc.poll() is None and time.monotonic() - sigterm < 30:
+            await asyncio.sleep(0.02)
+        exited_after = time.monotonic() - sigterm
+        await asyncio.sleep(0.3)  # calls made just after exit are refused at connect
+    finally:
+        stop.set()
+        await asyncio.wait(tasks, timeout=35)
+        for channel in channels:
+            await channel.close()
+    return codes, exited_after

@@ -135,7 +135,17 @@ def _guarded_unary(
         if calls is not None:
             calls.started += 1
         try:
-            data = await _receive(context, receive_timeout, dropped)
+            if admission is None:
+                data = await _receive(context, receive_timeout, dropped)
+            else:
+                if admission.closed:
+                    dropped("draining")
+                    await admission.refuse_when_stopped()
+                admission.receiving += 1
+                try:
+                    data = await _receive(context, receive_timeout, dropped)
+                finally:
+                    admission.received()
             if calls is not None:
                 calls.request_bytes.observe(len(data))
             if admission is not None:

@@ -235,9 +235,11 @@ def test_replies_nobody_reads_fill_only_their_half_of_the_budget_until_connectio
     # Past the replies' half of the budget, large replies are dropped at once ...
     refused = statuses["RESOURCE_EXHAUSTED"]
     assert 0 < refused < calls, outcome.result.describe()
-    # (A probe's Predict may meet the requests' half full for a moment, and count too.)
+    # Every refusal the attacker saw was counted. (The server may count one more that the
+    # attacker never read, its connection closed first; and a probe's Predict may meet the
+    # requests' half full for a moment, and count too.)
     probes_refused = sum(probe.predict == "RESOURCE_EXHAUSTED" for probe in outcome.watch.probes)
-    assert outcome.dropped["memory"] == refused + probes_refused, outcome
+    assert refused <= outcome.dropped["memory"] <= calls + probes_refused, outcome
     # ... and the calls whose replies sat unread ended when their connections aged out,
     # before the attacker let go: none OK (a reply was never read), none still open.
     assert "open" not in statuses and "OK" not in statuses, outcome.result.describe()

@@ -86,7 +86,11 @@ def test_perf_analyzer_runs_without_errors(default_server: ServerThread, tmp_pat
     command += ["--concurrency-range", "1:2", "--measurement-interval", "1000"]
     # Its default "random" data are random bytes: as float32, some are NaN, which the
     # server refuses (INVALID_ARGUMENT); zeros are a valid image.
-    command += ["--max-trials", "5", "--input-data", "zero", "-f", str(report)]
+    command += ["--input-data", "zero", "-f", str(report)]
+    # A concurrency whose throughput does not settle within --max-trials is left out of the
+    # report: on a machine shared with other tests, accept 100 % between trials (the
+    # default, 10 %, is a benchmark's bar, not a test's).
+    command += ["--max-trials", "6", "--stability-percentage", "100"]
     done = subprocess.run(command, capture_output=True, text=True, timeout=TIMEOUT, env=env)
     output = done.stdout + done.stderr
     assert done.returncode == 0, output

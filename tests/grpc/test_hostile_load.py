@@ -246,9 +246,10 @@ def test_replies_nobody_reads_fill_only_their_half_of_the_budget_until_connectio
 
 
 def test_requests_over_the_memory_budget_are_refused(server, shape):
-    # 4 storms of 20 x 15 MiB at once (under --max-receive-message-bytes): each more than
-    # the requests' half of the budget; several, so that enough probes run during them.
-    calls, storms = 20, 4
+    # 5 storms of 12 x 15 MiB at once (under --max-receive-message-bytes): each more than
+    # the requests' half of the budget (its 150 MB hold 3); several, so that enough probes
+    # run during them.
+    calls, storms = 12, 5
 
     def attack() -> AttackResult:
         results = [

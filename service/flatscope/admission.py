@@ -36,6 +36,12 @@ class Refused(ResourceExhaustedError):
         self.reason = reason
 
 
+class Draining(ShuttingDownError):
+    """A call refused because the server is shutting down (UNAVAILABLE: retry elsewhere)."""
+
+    reason = "draining"
+
+
 class Admission:
     """Bounds the model calls held at once, by count and by estimated bytes.
 
@@ -118,11 +124,11 @@ class Admission:
         """For a call that arrived after :meth:`close`: waits until :meth:`release_held`.
 
         Raises:
-            ShuttingDownError: Always, once released (UNAVAILABLE: retry elsewhere).
+            Draining: Always, once released (UNAVAILABLE: retry elsewhere).
         """
         self.last_activity = time.monotonic()
         await self._released.wait()
-        raise ShuttingDownError("the server is shutting down; retry (on another replica)")
+        raise Draining("the server is shutting down; retry (on another replica)")
 
     def close(self) -> None:
         """Starts draining: calls that arrive from now on are held, then refused.

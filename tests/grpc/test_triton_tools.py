@@ -77,8 +77,9 @@ def test_perf_analyzer_runs_without_errors(default_server: ServerThread, tmp_pat
     tool = perf_analyzer()
     if tool is None:
         pytest.skip(
-            "perf_analyzer is not installed: .ci/run puts it in .venv/bin (from the "
-            "tritonclient 2.48 wheel; the perf-analyzer wheels need glibc 2.38)"
+            "perf_analyzer is not installed: `make test` puts it in .venv/bin "
+            "(.ci/install-perf-analyzer, from the tritonclient 2.48 wheel; the perf-analyzer "
+            "wheels need glibc 2.38); run pytest alone and it is missing"
         )
     binary, env = tool
     report = tmp_path / "report.csv"

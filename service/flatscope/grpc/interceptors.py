@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable
 
 import grpc
 
-from flatscope.admission import Admission, Refused, Ticket
+from flatscope.admission import Admission, Ticket
 from flatscope.batching import DEADLINE_SLACK
 from flatscope.errors import (
     DeadlineExceededError,
@@ -136,27 +136,21 @@ def _guarded_unary(
             calls.started += 1
         try:
             if admission is None:
-                data = await _receive(context, receive_timeout, dropped)
+                data = await _receive(context, receive_timeout)
             else:
                 if admission.closed:
-                    dropped("draining")
                     await admission.refuse_when_stopped()
                 admission.receiving += 1
                 try:
-                    data = await _receive(context, receive_timeout, dropped)
+                    data = await _receive(context, receive_timeout)
                 finally:
                     admission.received()
             if calls is not None:
                 calls.request_bytes.observe(len(data))
             if admission is not None:
                 if admission.closed:
-                    dropped("draining")
                     await admission.refuse_when_stopped()
-                try:
-                    ticket = admission.admit(context.peer(), len(data))
-                except Refused as exc:
-                    dropped(exc.reason)
-                    raise
+                ticket = admission.admit(context.peer(), len(data))
             try:
                 request = parse(data)
             except Exception:  # any parser error means the client's bytes are bad
@@ -182,14 +176,13 @@ def _guarded_unary(
             if calls is not None:
                 calls.response_bytes.observe(len(reply))
             if ticket is not None:
-                try:
-                    ticket.charge_reply(len(reply))
-                except Refused as exc:
-                    dropped(exc.reason)
-                    raise
+                ticket.charge_reply(len(reply))
             return reply
         except FlatscopeError as exc:
             code = exc.code.value
+            reason = getattr(exc, "reason", None)  # a limit's refusal, counted by reason
+            if reason is not None:
+                dropped(reason)
             try:
                 await _abort(context, grpc.StatusCode[code], status_message(str(exc)))
             except asyncio.CancelledError:
@@ -209,9 +202,7 @@ def _guarded_unary(
     return grpc.stream_unary_rpc_method_handler(guarded)
 
 
-async def _receive(
-    context: grpc.aio.ServicerContext, timeout: float, dropped: Callable[[str], None]
-) -> bytes:
+async def _receive(context: grpc.aio.ServicerContext, timeout: float) -> bytes:
     """The call's one request message, as bytes; waits at most ``timeout`` seconds.
 
     Raises:
@@ -235,8 +226,7 @@ async def _receive(
             raise
         if hasattr(task, "uncancel"):  # Python 3.11+: this cancellation is handled here
             task.uncancel()
-        dropped("receive_timeout")
-        raise DeadlineExceededError(
+        raise _ReceiveTimeout(
             f"the request message did not arrive within {timeout:g} s of the call's start "
             "(--receive-timeout)"
         ) from None
@@ -249,6 +239,12 @@ async def _receive(
 
 class _NoRequest(InvalidInputError):
     """The request stream ended without a message."""
+
+
+class _ReceiveTimeout(DeadlineExceededError):
+    """The request message did not arrive within the receive timeout."""
+
+    reason = "receive_timeout"
 
 
 def _identity(data):

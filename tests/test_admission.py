@@ -63,12 +63,33 @@ def test_unread_replies_fill_only_their_half_and_small_replies_always_go():
     late = admission.admit("b", 1000)  # new calls are still admitted ...
     with pytest.raises(Refused) as refused:
         late.charge_reply(SMALL_REPLY + 1)  # ... but their large replies are dropped ...
-    assert "replies waiting for their clients" in str(refused.value)
+    assert "waiting for their clients to read them" in str(refused.value)
     late.release()
     small = admission.admit("c", 1000)
     small.charge_reply(SMALL_REPLY)  # ... and small ones (a prediction) still go
     small.release()
     unread.release()
+    assert (admission.bytes, admission.calls) == (0, 0)
+
+
+def test_a_reply_that_cannot_fit_is_refused_when_reserved_before_any_work():
+    budget = 8 * 2**20
+    admission = Admission(max_calls=0, budget_bytes=budget)
+    room = budget // 2 // REPLY_COPIES // 10  # a tenth of the replies' half
+    tickets = [admission.admit(f"peer{i}", 1000) for i in range(3)]
+    tickets[0].reserve_reply(4 * room)  # the core expects large replies: room held now
+    tickets[1].reserve_reply(4 * room)
+    with pytest.raises(Refused) as refused:
+        tickets[2].reserve_reply(4 * room)  # would not fit beside them: refused unrun
+    assert refused.value.reason == "memory"
+    assert "would not fit" in str(refused.value)
+    tickets[2].reserve_reply(SMALL_REPLY)  # a prediction's room is never refused
+    tickets[0].charge_reply(4 * room + 10)  # the real reply, a little larger: no new check
+    assert admission.reply_bytes == (8 * room + 10 + SMALL_REPLY) * REPLY_COPIES
+    tickets[1].charge_reply(100)  # smaller than reserved: the difference comes back
+    assert admission.reply_bytes == (4 * room + 10 + 100 + SMALL_REPLY) * REPLY_COPIES
+    for ticket in tickets:
+        ticket.release()
     assert (admission.bytes, admission.calls) == (0, 0)
 
 

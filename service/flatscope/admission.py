@@ -1,9 +1,12 @@
 """Admission of model calls: how many the server holds at once, and how many bytes.
 
 Transport-free: the gRPC layer asks :meth:`Admission.admit` once a call's request
-message has fully arrived (so a client that stalls before sending it holds no slot),
-charges the reply when it is encoded, and releases the ticket when the call has ended
-on the wire (its reply sent, or the call cancelled).
+message has fully arrived (so a client that stalls before sending it holds no slot) and
+makes the ticket the call's :func:`current` one; the core, once it knows the batch and
+what is asked of it, reserves room for the reply (:func:`expect_reply`), so that a call
+whose reply could not be held is refused before its forward pass runs; the transport
+charges the reply's real size when it is encoded, and releases the ticket when the call
+has ended on the wire (its reply sent, or the call cancelled).
 
 Memory is an estimate, not a reading, in two halves of the budget. Requests being
 served cost their wire size times :data:`REQUEST_COPIES` (the wire bytes, the parsed
@@ -18,6 +21,7 @@ most :data:`PEER_SHARE` of the budget, so one client cannot fill a half alone.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import time
 
 from flatscope.errors import ResourceExhaustedError, ShuttingDownError
@@ -26,6 +30,30 @@ REQUEST_COPIES = 3
 REPLY_COPIES = 2
 PEER_SHARE = 0.25
 SMALL_REPLY = 64 * 1024
+
+
+_current: contextvars.ContextVar[Ticket | None] = contextvars.ContextVar(
+    "flatscope_admission_ticket", default=None
+)
+
+
+def current(ticket: Ticket) -> None:
+    """Makes ``ticket`` the one :func:`expect_reply` charges, for the running call (its task)."""
+    _current.set(ticket)
+
+
+def expect_reply(reply_bytes: int) -> None:
+    """Reserves room for the running call's reply of about ``reply_bytes`` bytes.
+
+    Does nothing for a call that admission does not hold (in-process use, probes).
+
+    Raises:
+        Refused: The reply would not fit in the replies' half of the budget, or in its
+            connection's share, now (RESOURCE_EXHAUSTED, before any work is done).
+    """
+    ticket = _current.get()
+    if ticket is not None:
+        ticket.reserve_reply(reply_bytes)
 
 
 class Refused(ResourceExhaustedError):
@@ -99,9 +127,11 @@ class Admission:
         """The estimated bytes held by admitted calls, requests and replies."""
         return self.request_bytes + self.reply_bytes
 
-    def _check_peer(self, peer: str, cost: int) -> None:
+    def _check_peer(self, peer: str, cost: int, own: int = 0) -> None:
+        """Refuses ``cost`` more bytes for ``peer`` beyond its share, unless the call
+        adding them (holding ``own`` of the peer's bytes already) is the peer's only one."""
         held = self._by_peer.get(peer, 0)
-        if held + cost > self._peer_bytes and held:
+        if held + cost > self._peer_bytes and held > own:
             raise Refused(
                 f"this connection holds {held} bytes of the server's memory budget, "
                 f"the most one connection may ({self._peer_bytes}); read the replies "
@@ -192,33 +222,51 @@ class Ticket:
         admission.request_bytes += cost
         admission._hold(peer, cost)
 
-    def charge_reply(self, reply_bytes: int) -> None:
-        """Trades the request's bytes for an encoded reply of ``reply_bytes``, held until sent.
+    def reserve_reply(self, reply_bytes: int) -> None:
+        """Holds room for a reply of about ``reply_bytes`` from now until the call ends.
 
         Raises:
             Refused: The reply is larger than :data:`SMALL_REPLY` and does not fit in the
                 replies' half of the budget, or in its connection's share, now.
+        """
+        self._take_reply(reply_bytes, "this call's reply of about {} bytes would not fit")
+
+    def charge_reply(self, reply_bytes: int) -> None:
+        """Trades the request's bytes for an encoded reply of ``reply_bytes``, held until sent.
+
+        Raises:
+            Refused: The reply is larger than :data:`SMALL_REPLY` and than what was
+                reserved for it, and does not fit in the replies' half of the budget, or
+                in its connection's share, now.
         """
         admission = self._admission
         admission.request_bytes -= self._request
         if self._request:
             admission._drop(self._peer, self._request)
         self._request = 0
+        self._take_reply(reply_bytes, "this reply of {} bytes was dropped")
+
+    def _take_reply(self, reply_bytes: int, what: str) -> None:
+        admission = self._admission
         cost = reply_bytes * REPLY_COPIES
-        if admission.budget_bytes and reply_bytes > SMALL_REPLY:
-            held = admission.reply_bytes
+        extra = cost - self._reply  # beyond what this call holds for its reply already
+        if admission.budget_bytes and reply_bytes > SMALL_REPLY and extra > 0:
+            held = admission.reply_bytes - self._reply
             if held + cost > admission._reply_budget and held:
                 raise Refused(
-                    f"replies waiting for their clients to read them hold {held} bytes of the "
-                    f"{admission._reply_budget} that --memory-budget ({admission.budget_bytes}) "
-                    f"gives them; this reply of {reply_bytes} bytes was dropped; retry with "
-                    "backoff, or ask for less (fewer examples, no include_source)",
+                    f"replies being made or waiting for their clients to read them hold {held} "
+                    f"bytes of the {admission._reply_budget} that --memory-budget "
+                    f"({admission.budget_bytes}) gives them; {what.format(reply_bytes)}; retry "
+                    "with backoff, or ask for less (fewer examples, no include_source)",
                     "memory",
                 )
-            admission._check_peer(self._peer, cost)
+            admission._check_peer(self._peer, extra, own=self._request + self._reply)
+        admission.reply_bytes += cost - self._reply
+        if extra > 0:
+            admission._hold(self._peer, extra)
+        elif extra < 0:
+            admission._drop(self._peer, -extra)
         self._reply = cost
-        admission.reply_bytes += cost
-        admission._hold(self._peer, cost)
 
     def release(self) -> None:
         """Gives the call's slot and bytes back."""

@@ -13,16 +13,38 @@ import asyncio
 import ctypes
 import ctypes.util
 import logging
+import os
 
 log = logging.getLogger(__name__)
 
 
-def _malloc_trim():
-    """glibc's ``malloc_trim``, or None where the C library has none."""
+MMAP_THRESHOLD = 256 * 1024  # bytes: larger buffers get their own mapping
+_M_MMAP_THRESHOLD = -3  # mallopt's parameter number, from glibc's malloc.h
+
+
+def _libc_function(name: str):
+    """A function of the C library, or None where it has none (not glibc)."""
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        trim = libc.malloc_trim
+        return getattr(libc, name)
     except (OSError, AttributeError):
+        return None
+
+
+def map_large_buffers() -> None:
+    """Fixes glibc's mmap threshold at :data:`MMAP_THRESHOLD` (its own env var wins)."""
+    mallopt = _libc_function("mallopt")
+    if mallopt is None or "MALLOC_MMAP_THRESHOLD_" in os.environ:
+        return
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    mallopt.restype = ctypes.c_int
+    mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)
+
+
+def _malloc_trim():
+    """glibc's ``malloc_trim``, or None where the C library has none."""
+    trim = _libc_function("malloc_trim")
+    if trim is None:
         return None
     trim.argtypes = [ctypes.c_size_t]
     trim.restype = ctypes.c_int

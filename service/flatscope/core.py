@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from flatscope import tensors
+from flatscope.admission import expect_reply
 from flatscope.batching import Batcher, BatchingConfig, BatchStatistics
 from flatscope.errors import (
     FailedPreconditionError,
@@ -215,6 +216,7 @@ class ModelCore:
     async def _predict(
         self, served: ServedModel, batch: np.ndarray, deadline: float | None
     ) -> Prediction:
+        expect_reply(_FLOAT * len(batch) * served.output_size)
         outputs, *_ = await self._submit(batch, False, deadline)
         return Prediction(
             model_name=served.description.name,
@@ -262,6 +264,8 @@ class ModelCore:
         coordinate_count: int,
         deadline: float | None,
     ) -> InspectResult:
+        per_example = served.output_size + layout.flat_size * (1 + include_source)
+        expect_reply(_FLOAT * len(batch) * per_example)
         outputs, *tensors_at = await self._submit(batch, True, deadline)
         at = 2 * served.runner.flatten_layers.index(layout.layer_name)
         return InspectResult(
@@ -354,6 +358,9 @@ class ModelCore:
                 f"coordinates [{start}, {start + count}) reach outside the flat indices "
                 f"[0, {size}) of layer '{layout.layer_name}'"
             )
+
+
+_FLOAT = 4  # bytes per number in a reply; float32 on every wire format
 
 
 def _classes(outputs: np.ndarray) -> np.ndarray:

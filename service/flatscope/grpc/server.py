@@ -273,6 +273,7 @@ def _server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
 
 async def serve(settings: Settings) -> None:
     """Runs a server until SIGINT or SIGTERM, then shuts it down gracefully."""
+    allocator.map_large_buffers()
     server = Server(settings)
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()

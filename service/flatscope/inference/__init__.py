@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import time
 from pathlib import Path
 
@@ -33,6 +34,11 @@ class ServedModel:
     def example_shape(self) -> tuple[int, ...]:
         """The model's input shape without the batch axis (always fully known)."""
         return self.description.inputs[0].shape[1:]
+
+    @property
+    def output_size(self) -> int:
+        """Numbers the model's prediction holds per example (unknown dimensions count 1)."""
+        return math.prod(d or 1 for d in self.description.outputs[0].shape[1:])
 
 
 def load_served_model(

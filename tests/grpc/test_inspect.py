@@ -216,6 +216,18 @@ def test_default_model_inspect(default_client):
     np.testing.assert_array_equal(result.classes, predicted.classes)
 
 
+def test_a_reply_large_enough_to_be_joined_off_the_event_loop_is_whole(default_client):
+    from flatscope.grpc.converters import OFF_LOOP_BYTES
+
+    model = keras.saving.load_model(_default_model_path(), compile=False)
+    n = OFF_LOOP_BYTES // (2 * 18432 * 4) + 2  # flattened + source: above the threshold
+    batch = np.random.default_rng(4).random((n, 48, 48, 3), dtype=np.float32)
+    result = default_client.inspect(batch, include_source=True)
+    source, keras_flat = _keras_tensors(model, "flatten", batch)
+    np.testing.assert_allclose(result.source, source, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(result.flattened, keras_flat, rtol=1e-5, atol=1e-6)
+
+
 def test_source_only_when_asked(default_client):
     batch = np.zeros((2, 48, 48, 3), dtype=np.float32)
     result = default_client.inspect(batch)

@@ -5,6 +5,7 @@ Used both ways: by the servicer (requests in, replies out) and by the client.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 
 import numpy as np
@@ -66,20 +67,56 @@ def encoded(
         reply: The reply message.
         limit: The largest reply the server may send.
         ask_for_less: How a client of this API asks for a smaller reply.
+        payloads: Tensor elements that follow the message (see :class:`Payloads`).
 
     Raises:
         ResourceExhaustedError: It does not fit; the message says how to ask for less.
     """
+    extra = payloads.size if payloads is not None else 0
+    data = _serialized(reply, limit, ask_for_less, extra)
+    if not extra:
+        return data
+    return b"".join((data, *payloads.parts))
+
+
+async def encoded_off_loop(reply: Message, limit: int, payloads: Payloads) -> bytes:
+    """:func:`encoded`, with payloads of :data:`OFF_LOOP_BYTES` or more joined in a thread.
+
+    ``bytes.join`` lets go of the GIL while it copies, but only when every piece is
+    ``bytes``; so the array views are first copied into ``bytes`` in pieces of
+    :data:`COPY_CHUNK`, each of which holds the GIL briefly. A 38 MB reply held the event
+    loop ~25 ms for its join; this way other calls wait at most one chunk's copy at a time.
+    """
+    if payloads.size < OFF_LOOP_BYTES:
+        return encoded(reply, limit, payloads=payloads)
+    data = _serialized(reply, limit, ASK_FOR_LESS, payloads.size)
+    return await asyncio.to_thread(_joined, data, payloads.parts)
+
+
+OFF_LOOP_BYTES = 4 * 2**20
+COPY_CHUNK = 2**20
+
+
+def _serialized(reply: Message, limit: int, ask_for_less: str, extra: int) -> bytes:
     data = reply.SerializeToString()
-    size = len(data) + (payloads.size if payloads is not None else 0)
+    size = len(data) + extra
     if size > limit:
         raise ResourceExhaustedError(
             f"the reply would be {size} bytes, above this server's limit of {limit} "
             f"(--max-send-message-bytes); {ask_for_less}"
         )
-    if payloads is None or not payloads.parts:
-        return data
-    return b"".join((data, *payloads.parts))
+    return data
+
+
+def _joined(head: bytes, parts: list[bytes | memoryview]) -> bytes:
+    pieces = [head]
+    for part in parts:
+        if type(part) is bytes:
+            pieces.append(part)
+        else:
+            size = len(part)
+            pieces += (part[at : at + COPY_CHUNK].tobytes() for at in range(0, size, COPY_CHUNK))
+    return b"".join(pieces)
 
 
 def to_tensor(array: np.ndarray, encoding: int = RAW) -> tensor_pb2.Tensor:

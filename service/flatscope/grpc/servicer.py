@@ -31,7 +31,7 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
         result = await self._core.predict(request.model_name, inputs, call_deadline(context))
         payloads = converters.Payloads(pb.PredictResponse)
         reply = converters.predict_response(result, encoding, payloads)
-        return converters.encoded(reply, self._max_reply_bytes, payloads=payloads)
+        return await converters.encoded_off_loop(reply, self._max_reply_bytes, payloads)
 
     async def Inspect(self, request: pb.InspectRequest, context: grpc.aio.ServicerContext) -> bytes:
         encoding = converters.reply_encoding(request.output_encoding)
@@ -47,7 +47,7 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
         )
         payloads = converters.Payloads(pb.InspectResponse)
         reply = converters.inspect_response(result, encoding, payloads)
-        return converters.encoded(reply, self._max_reply_bytes, payloads=payloads)
+        return await converters.encoded_off_loop(reply, self._max_reply_bytes, payloads)
 
     async def GetModelMetadata(
         self, request: pb.GetModelMetadataRequest, context: grpc.aio.ServicerContext

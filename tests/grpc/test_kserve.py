@@ -643,3 +643,34 @@ def test_statistics_count_requests_and_passes(client):
 def test_repository_index_lists_the_served_model(client):
     index = client.get_model_repository_index()
     assert [(m.name, m.version, m.state) for m in index.models] == [("digits", "1", "READY")]
+
+
+def test_stream_requests_are_admitted_like_calls_and_give_their_share_back():
+    import queue
+
+    budget = 4 * 2**20  # replies' half 2 MiB: one 16-example source reply (2.4 MB held) alone
+    server = ServerThread(settings(memory_budget=budget)).load_model()
+    answers: queue.Queue = queue.Queue()
+    client = triton.InferenceServerClient(server.target)
+    client.start_stream(callback=lambda result, error: answers.put((result, error)))
+    try:
+        wanted = [triton.InferRequestedOutput("flatten/source")]
+        for k in range(8):
+            client.async_stream_infer(
+                "digits", [infer_input(images(16, seed=k))], outputs=wanted, request_id=f"{k}"
+            )
+        got = [answers.get(timeout=TIMEOUT) for _ in range(8)]
+    finally:
+        client.stop_stream()
+        client.close()
+    served = [result for result, error in got if error is None]
+    refused = [error.message() for result, error in got if error is not None]
+    assert served, "the first request, alone, is over the budget's half but passes"
+    assert refused, "requests beside it must be refused: the stream is under the budget"
+    assert all("--memory-budget" in message for message in refused), refused
+    assert served[0].as_numpy("flatten/source").shape == (16, *SOURCE_SHAPE)
+    sample = server.registry.get_sample_value
+    dropped = sample("flatscope_requests_dropped_total", {"model": "digits", "reason": "memory"})
+    assert dropped == len(refused)
+    assert settled(lambda: sample("flatscope_memory_budget_used_bytes"), 0) == 0
+    server.stop()

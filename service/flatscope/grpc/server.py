@@ -62,8 +62,9 @@ class Server:
             ModelServicer(self.core, settings.max_send_message_bytes), self._server
         )
         # The standard protocols, on the same port and the same core (batcher, metrics).
-        for standard in (kserve.InferenceServicer, tfserving.ModelStatusServicer):
-            standard(self.core, settings.max_send_message_bytes).add_to_server(self._server)
+        max_reply = settings.max_send_message_bytes
+        kserve.InferenceServicer(self.core, max_reply, limits).add_to_server(self._server)
+        tfserving.ModelStatusServicer(self.core, max_reply).add_to_server(self._server)
         tfserving.PredictionServicer(
             self.core, settings.max_send_message_bytes, settings.tfserving_tensor_content
         ).add_to_server(self._server)

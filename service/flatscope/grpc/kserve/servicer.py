@@ -18,9 +18,11 @@ from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc
 
 import flatscope
+from flatscope import admission as admitting
+from flatscope.core import ModelCore
 from flatscope.errors import FlatscopeError, NotFoundError
 from flatscope.grpc import converters as common
-from flatscope.grpc.interceptors import status_message
+from flatscope.grpc.interceptors import CallLimits, status_message
 from flatscope.grpc.kserve import converters
 from flatscope.grpc.methods import PartialServicer
 from flatscope.grpc.servicer import call_deadline
@@ -56,10 +58,16 @@ class InferenceServicer(PartialServicer, service_pb2_grpc.GRPCInferenceServiceSe
     Args:
         core: The model core, shared with the other APIs.
         max_reply_bytes: Largest reply the server may send.
+        limits: What bounds each request of a ModelStreamInfer stream (unary calls are
+            bounded by the interceptor); None bounds nothing.
     """
 
     service = SERVICE
     methods = METHODS
+
+    def __init__(self, core: ModelCore, max_reply_bytes: int, limits: CallLimits | None = None):
+        super().__init__(core, max_reply_bytes)
+        self._limits = limits or CallLimits()
 
     async def ServerLive(self, request: pb.ServerLiveRequest, context) -> pb.ServerLiveResponse:
         return pb.ServerLiveResponse(live=True)
@@ -126,10 +134,13 @@ class InferenceServicer(PartialServicer, service_pb2_grpc.GRPCInferenceServiceSe
         """Answers each request of the stream, in order, as ModelInfer would.
 
         Up to STREAM_WINDOW requests are in the core at once (they may share passes).
-        A request that fails is answered with ``error_message`` (the message its status
-        would carry) and the stream goes on, as Triton does.
+        Each is admitted as a unary call would be (model calls at once, memory budget)
+        and holds its share until its answer is written. A request that fails or is
+        refused is answered with ``error_message`` (the message its status would carry)
+        and the stream goes on, as Triton does.
         """
         deadline = call_deadline(context)
+        peer = context.peer()
         window = asyncio.Semaphore(STREAM_WINDOW)
         answers: asyncio.Queue[asyncio.Task | None] = asyncio.Queue()  # bounded by window
 
@@ -137,42 +148,79 @@ class InferenceServicer(PartialServicer, service_pb2_grpc.GRPCInferenceServiceSe
             try:
                 async for request in requests:
                     await window.acquire()
-                    answers.put_nowait(asyncio.create_task(self._stream_answer(request, deadline)))
+                    answer = self._stream_answer(request, deadline, peer)
+                    answers.put_nowait(asyncio.create_task(answer))
             finally:
                 answers.put_nowait(None)
 
         reader = asyncio.create_task(read())
+        answer = None
         try:
             while (answer := await answers.get()) is not None:
-                yield await answer
+                reply, ticket = await answer
+                answer = None
+                try:
+                    yield reply
+                finally:
+                    if ticket is not None:
+                        ticket.release()
                 window.release()
             await reader  # what ended the reading (the client's half-close, or an error)
         finally:
             reader.cancel()
+            unanswered = [answer] if answer is not None else []
             while not answers.empty():
-                task = answers.get_nowait()
-                if task is not None:
-                    task.cancel()
+                unanswered.append(answers.get_nowait())
+            for task in filter(None, unanswered):
+                task.cancel()
+                task.add_done_callback(_release_ticket)
 
     async def _stream_answer(
-        self, request: pb.ModelInferRequest, deadline: float | None
-    ) -> pb.ModelStreamInferResponse:
+        self, request: pb.ModelInferRequest, deadline: float | None, peer: str
+    ) -> tuple[pb.ModelStreamInferResponse, admitting.Ticket | None]:
+        """The answer to one request of a stream, and the admission ticket it holds."""
+        ticket = None
         try:
+            ticket = self._admit(peer, request.ByteSize())
             reply = await self._infer(request, deadline)
-            common.encoded(reply, self._max_reply_bytes, ASK_FOR_LESS)  # the size check
+            size = len(common.encoded(reply, self._max_reply_bytes, ASK_FOR_LESS))
+            if ticket is not None:
+                ticket.charge_reply(size)
         except FlatscopeError as exc:
+            reason = getattr(exc, "reason", None)  # a limit's refusal, counted by reason
+            if reason is not None:
+                self._limits.dropped(reason)
             message = status_message(str(exc))
         except Exception:
             log.exception("ModelStreamInfer request failed")
             message = INTERNAL
+        except asyncio.CancelledError:  # the stream ended: nobody will write the answer
+            if ticket is not None:
+                ticket.release()
+            raise
         else:
             if _wants_final_flag(request):
                 reply.parameters["triton_final_response"].bool_param = True
-            return pb.ModelStreamInferResponse(infer_response=reply)
+            return pb.ModelStreamInferResponse(infer_response=reply), ticket
         failed = pb.ModelInferResponse(
             model_name=request.model_name, model_version=request.model_version, id=request.id
         )
-        return pb.ModelStreamInferResponse(error_message=message, infer_response=failed)
+        return pb.ModelStreamInferResponse(error_message=message, infer_response=failed), ticket
+
+    def _admit(self, peer: str, request_bytes: int) -> admitting.Ticket | None:
+        """Admits one request of a stream (in its own task, so the ticket is its current one).
+
+        Raises:
+            Refused: Over a limit. Draining: the server is shutting down.
+        """
+        admission = self._limits.admission
+        if admission is None:
+            return None
+        if admission.closed:
+            raise admitting.Draining("the server is shutting down; retry (on another replica)")
+        ticket = admission.admit(peer, request_bytes)
+        admitting.current(ticket)
+        return ticket
 
     async def _infer(
         self, request: pb.ModelInferRequest, deadline: float | None
@@ -185,6 +233,14 @@ class InferenceServicer(PartialServicer, service_pb2_grpc.GRPCInferenceServiceSe
         signature = core.signature(result.model_name)
         labels = {signature.prediction.spec.name: core.metadata(result.model_name).labels}
         return converters.infer_response(result, request.id, outputs, labels)
+
+
+def _release_ticket(task: asyncio.Task) -> None:
+    """Releases the ticket of a stream's answer that was never written."""
+    if not task.cancelled() and task.exception() is None:
+        _reply, ticket = task.result()
+        if ticket is not None:
+            ticket.release()
 
 
 def _wants_final_flag(request: pb.ModelInferRequest) -> bool:

@@ -7,13 +7,13 @@ as Triton does: ``tritonclient``'s ``as_numpy`` reads only those.
 from __future__ import annotations
 
 import numpy as np
-from tritonclient.grpc import model_config_pb2 as mc
-from tritonclient.grpc import service_pb2 as pb
 
 from flatscope.batching import BatchingConfig, BatchStatistics
 from flatscope.errors import InvalidInputError
 from flatscope.layout import FlattenLayout
 from flatscope.metadata import ModelDescription, TensorSpec
+from flatscope.protocols import grpc_service_pb2 as pb
+from flatscope.protocols import model_config_pb2 as mc
 from flatscope.signature import NamedResult, Signature
 from flatscope.tensors import ACCEPTED_DTYPE, TensorPayload, Wording
 

@@ -17,8 +17,9 @@
 
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
-# Build stage: the wheel. The generated protobuf code is committed (service/flatscope/v1, checked
-# against protos/ by the tests), so no protoc or grpcio-tools is needed here.
+# Build stage: the wheel. The generated protobuf code is committed (service/flatscope/v1 and
+# service/flatscope/protocols, checked against protos/ by the tests), so no protoc or
+# grpcio-tools is needed here.
 FROM ${PYTHON_IMAGE} AS build
 WORKDIR /src
 COPY pyproject.toml README.md ./
@@ -26,7 +27,8 @@ COPY service/ service/
 RUN --mount=type=bind,source=deploy/docker,target=/recipe \
     sh /recipe/build-wheel.sh /src /dist
 
-# Runtime stage: a virtual environment in /opt/flatscope with the wheel and its dependencies.
+# Runtime stage: a virtual environment in /opt/flatscope with the wheel's server set
+# (flatscope[server]: TensorFlow, Keras, gRPC; no test tools, no JAX or torch).
 FROM ${PYTHON_IMAGE} AS runtime
 ARG VARIANT=gpu
 # The wheel and the recipe are bind-mounted, so neither stays in a layer.

@@ -1,20 +1,29 @@
-# Everything runs from the virtual environment in .venv, made on first use.
+# Everything runs from the virtual environment in .venv, made on first use. `make serve`
+# installs the server set only (flatscope[server]: TensorFlow, Keras' default backend);
+# `make test` and the tools add the dev set (every backend, the reference clients, linters).
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed-stamp
+SERVER_STAMP := $(VENV)/.installed-server
+STAMP := $(VENV)/.installed-dev
 PYTHON ?= python3
 
 .PHONY: setup serve test lint protos train dashboard
 
-$(STAMP): pyproject.toml
+$(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
-	touch $(STAMP)
+
+$(SERVER_STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --progress-bar on -e '.[server]'
+	touch $(SERVER_STAMP)
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --progress-bar on -e '.[dev]'
+	touch $(STAMP) $(SERVER_STAMP)
 
 setup: $(STAMP)  ## create .venv with the server and the test tools
 
-serve: $(STAMP)  ## start the server on the embedded default model (127.0.0.1:8500)
+serve: $(SERVER_STAMP)  ## start the server on the embedded default model (127.0.0.1:8500)
 	$(BIN)/flatscope serve
 
 # The whole suite on TensorFlow (Keras' default backend), then the layout and
@@ -31,7 +40,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check service tests bench deploy
 	$(BIN)/ruff format --check service tests bench deploy
 
-protos: $(STAMP)  ## regenerate service/flatscope/v1 from protos/
+protos: $(STAMP)  ## regenerate service/flatscope/v1 and flatscope/protocols from protos/
 	$(BIN)/python protos/generate.py
 
 dashboard: $(STAMP)  ## regenerate deploy/grafana/dashboards/flatscope.json

@@ -49,6 +49,7 @@ class ServerProcess:
         env: FLATSCOPE_* (or other) variables for the process.
         metrics: Serve /metrics on a free port (``metrics_port``).
         client: Keyword arguments of the Client that waits for SERVING (TLS).
+        python: The interpreter to run flatscope with (another virtual environment's).
     """
 
     def __init__(
@@ -58,13 +59,14 @@ class ServerProcess:
         env: dict[str, str] | None = None,
         metrics: bool = False,
         client: dict | None = None,
+        python: str | Path = sys.executable,
     ):
         self.log_path = log_path
         self.metrics_port = free_port() if metrics else 0
         self.client_options = client or {}
         with log_path.open("wb") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "flatscope", "serve", "--port", "0"]
+                [str(python), "-m", "flatscope", "serve", "--port", "0"]
                 + ["--metrics-port", str(self.metrics_port)]
                 + list(flags),
                 stdout=log,

@@ -2,9 +2,9 @@
 # Builds the flatscope wheel from a source tree: the build stage of the Dockerfile, also run by
 # tests/deploy/test_image_recipe.py.
 #
-# The generated protobuf code (service/flatscope/v1) is committed and checked against the protos
-# by tests/test_protos.py, so this needs neither protoc nor grpcio-tools: only setuptools, which
-# pip fetches into an isolated build environment.
+# The generated protobuf code (service/flatscope/v1, service/flatscope/protocols) is committed
+# and checked against the protos by tests/test_protos.py, so this needs neither protoc nor
+# grpcio-tools: only setuptools, which pip fetches into an isolated build environment.
 #
 # Usage: build-wheel.sh SOURCE_DIR WHEEL_DIR
 set -eu

@@ -1,6 +1,7 @@
 #!/bin/sh
-# Installs the flatscope wheel into a new virtual environment: the runtime stage of the
-# Dockerfile, also run by tests/deploy/test_image_recipe.py.
+# Installs the flatscope wheel with its server set (flatscope[server]: the server on
+# TensorFlow; no test tools, no other backend) into a new virtual environment: the runtime
+# stage of the Dockerfile, also run by tests/deploy/test_image_recipe.py.
 #
 #   cpu  TensorFlow's own wheel, which runs on the CPU.
 #   gpu  tensorflow[and-cuda]: the CUDA runtime, cuDNN, cuBLAS and the rest as pip packages.
@@ -41,6 +42,6 @@ python3 -m venv "$venv"
 # $extra is empty or one word: unquoted on purpose, so that empty adds no argument.
 # shellcheck disable=SC2086
 "$venv/bin/python" -m pip install --disable-pip-version-check \
-  --constraint "$here/constraints.txt" "$wheel" $extra
+  --constraint "$here/constraints.txt" "$wheel[server]" $extra
 "$venv/bin/python" -m pip check
 "$venv/bin/flatscope" --help >/dev/null

@@ -674,3 +674,27 @@ def test_stream_requests_are_admitted_like_calls_and_give_their_share_back():
     assert dropped == len(refused)
     assert settled(lambda: sample("flatscope_memory_budget_used_bytes"), 0) == 0
     server.stop()
+
+
+def test_binary_data_size_is_read_as_kserve_client_sends_it(stub):
+    """kserve's InferenceGRPCClient sets an input's binary_data_size with raw contents."""
+    array = images()
+    request = raw_request(array)
+    size = len(request.raw_input_contents[0])
+    request.inputs[0].parameters["binary_data_size"].int64_param = size
+    plain = stub.ModelInfer(raw_request(array), timeout=TIMEOUT)
+    assert stub.ModelInfer(request, timeout=TIMEOUT).raw_output_contents == (
+        plain.raw_output_contents
+    )
+    request.inputs[0].parameters["binary_data_size"].int64_param = size - 4
+    rejected(
+        stub.ModelInfer,
+        request,
+        grpc.StatusCode.INVALID_ARGUMENT,
+        f"'binary_data_size' to {size - 4}",
+        f"{size} bytes of raw contents",
+    )
+    typed = typed_request(array)
+    typed.inputs[0].parameters["binary_data_size"].int64_param = size
+    rejected(stub.ModelInfer, typed, grpc.StatusCode.INVALID_ARGUMENT, "no raw_input_contents")
+    assert_serving(stub)

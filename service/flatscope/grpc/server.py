@@ -7,11 +7,14 @@ import functools
 import logging
 import signal
 import time
+from collections.abc import Iterable
 from wsgiref.simple_server import WSGIServer
 
 import grpc
+from google.protobuf import descriptor_pool
+from google.protobuf.descriptor import FileDescriptor
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2
 from prometheus_client import CollectorRegistry
 
 from flatscope import allocator, logs, ports
@@ -69,16 +72,18 @@ class Server:
             self.core, settings.max_send_message_bytes, settings.tfserving_tensor_content
         ).add_to_server(self._server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
+        served = (
+            model_service_pb2.DESCRIPTOR.services_by_name["ModelService"],
+            kserve.SERVICE,
+            tfserving.SERVICE,
+            tfserving.MODEL_SERVICE,
+            health_pb2.DESCRIPTOR.services_by_name["Health"],
+            reflection_pb2.DESCRIPTOR.services_by_name["ServerReflection"],
+        )
         reflection.enable_server_reflection(
-            (
-                SERVICE_NAME,
-                kserve.SERVICE_NAME,
-                tfserving.SERVICE_NAME,
-                tfserving.MODEL_SERVICE_NAME,
-                health.SERVICE_NAME,
-                reflection.SERVICE_NAME,
-            ),
+            [service.full_name for service in served],
             self._server,
+            pool=_reflection_pool(service.file for service in served),
         )
         self.port = 0
         self.metrics_port = 0
@@ -220,6 +225,27 @@ class Server:
         )
         for name in names:
             await self._health.set(name, status)
+
+
+def _reflection_pool(files: Iterable[FileDescriptor]) -> descriptor_pool.DescriptorPool:
+    """One pool with ``files`` and all they import, for reflection to answer from.
+
+    The standard protocols' descriptors live in ``flatscope.protocols.POOL``, the others in
+    protobuf's default pool; reflection reads one.
+    """
+    pool = descriptor_pool.DescriptorPool()
+    added: set[str] = set()
+
+    def add(file: FileDescriptor) -> None:
+        if file.name not in added:
+            added.add(file.name)
+            for dependency in file.dependencies:
+                add(dependency)
+            pool.AddSerializedFile(file.serialized_pb)
+
+    for file in files:
+        add(file)
+    return pool
 
 
 def _channel_options(settings: Settings) -> list[tuple[str, int]]:

@@ -1,8 +1,8 @@
 """The TF Serving servicers: ``tensorflow.serving.PredictionService`` and ``ModelService``.
 
-The message classes are the ones ``tensorflow-serving-api`` ships; its ``TensorProto``
-and ``SignatureDef`` come from TensorFlow's own protos (importing them imports the
-``tensorflow`` package, which the server has loaded anyway). Predict, GetModelMetadata and
+The messages are generated from TF Serving's protos and the TensorFlow protos they import
+(``TensorProto``, ``SignatureDef``), vendored in protos/vendor: neither TensorFlow nor
+``tensorflow-serving-api`` is needed. Predict, GetModelMetadata and
 GetModelStatus are served; Classify, Regress and MultiInference answer UNIMPLEMENTED
 naming Predict, HandleReloadConfigRequest plain UNIMPLEMENTED.
 
@@ -21,19 +21,6 @@ from typing import TYPE_CHECKING
 
 import grpc
 import numpy as np
-from tensorflow.core.framework import tensor_shape_pb2, types_pb2
-from tensorflow.core.protobuf import meta_graph_pb2
-from tensorflow_serving.apis import (
-    get_model_metadata_pb2,
-    get_model_status_pb2,
-    model_pb2,
-    model_service_pb2,
-    model_service_pb2_grpc,
-    predict_pb2,
-    prediction_service_pb2,
-    prediction_service_pb2_grpc,
-    status_pb2,
-)
 
 from flatscope.errors import (
     FailedPreconditionError,
@@ -45,6 +32,19 @@ from flatscope.grpc import converters
 from flatscope.grpc.methods import PartialServicer
 from flatscope.grpc.servicer import call_deadline
 from flatscope.metadata import ModelDescription, TensorSpec
+from flatscope.protocols.tensorflow.core.framework import tensor_shape_pb2, types_pb2
+from flatscope.protocols.tensorflow.core.protobuf import meta_graph_pb2
+from flatscope.protocols.tensorflow_serving.apis import (
+    get_model_metadata_pb2,
+    get_model_status_pb2,
+    model_pb2,
+    model_service_pb2,
+    model_service_pb2_grpc,
+    predict_pb2,
+    prediction_service_pb2,
+    prediction_service_pb2_grpc,
+    status_pb2,
+)
 from flatscope.signature import NamedOutput, NamedResult, Signature
 from flatscope.tensors import ACCEPTED_DTYPE, TensorPayload, Wording
 

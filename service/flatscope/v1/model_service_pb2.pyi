@@ -45,7 +45,7 @@ class InspectRequest(_message.Message):
     coordinate_start: int
     coordinate_count: int
     output_encoding: _tensor_pb2.TensorEncoding
-    def __init__(self, model_name: _Optional[str] = ..., inputs: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., layer: _Optional[str] = ..., include_source: _Optional[bool] = ..., coordinate_start: _Optional[int] = ..., coordinate_count: _Optional[int] = ..., output_encoding: _Optional[_Union[_tensor_pb2.TensorEncoding, str]] = ...) -> None: ...
+    def __init__(self, model_name: _Optional[str] = ..., inputs: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., layer: _Optional[str] = ..., include_source: bool = ..., coordinate_start: _Optional[int] = ..., coordinate_count: _Optional[int] = ..., output_encoding: _Optional[_Union[_tensor_pb2.TensorEncoding, str]] = ...) -> None: ...
 
 class InspectResponse(_message.Message):
     __slots__ = ("model_name", "model_version", "flattened", "source", "outputs", "layout", "classes")

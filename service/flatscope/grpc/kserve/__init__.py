@@ -1,5 +1,5 @@
 """KServe v2 and Triton's extensions to it: ``inference.GRPCInferenceService``."""
 
-from flatscope.grpc.kserve.servicer import SERVICE_NAME, InferenceServicer
+from flatscope.grpc.kserve.servicer import SERVICE, SERVICE_NAME, InferenceServicer
 
-__all__ = ["SERVICE_NAME", "InferenceServicer"]
+__all__ = ["SERVICE", "SERVICE_NAME", "InferenceServicer"]

@@ -7,13 +7,13 @@ as Triton does: ``tritonclient``'s ``as_numpy`` reads only those.
 from __future__ import annotations
 
 import numpy as np
-from tritonclient.grpc import model_config_pb2 as mc
-from tritonclient.grpc import service_pb2 as pb
 
 from flatscope.batching import BatchingConfig, BatchStatistics
 from flatscope.errors import InvalidInputError
 from flatscope.layout import FlattenLayout
 from flatscope.metadata import ModelDescription, TensorSpec
+from flatscope.protocols import grpc_service_pb2 as pb
+from flatscope.protocols import model_config_pb2 as mc
 from flatscope.signature import NamedResult, Signature
 from flatscope.tensors import ACCEPTED_DTYPE, TensorPayload, Wording
 
@@ -26,6 +26,8 @@ CLASSIFICATION = "classification"
 # A request parameter of Triton's streams: mark each stream response final (every request
 # here has one response, which is its final one). perf_analyzer sends it on every call.
 FINAL_RESPONSE = "triton_enable_empty_final_response"
+# An input's raw byte count, which kserve's InferenceGRPCClient sends with raw contents.
+BINARY_DATA_SIZE = "binary_data_size"
 # ModelConfig parameters that list the outputs ModelMetadata leaves out (see model_config).
 EXTRA_OUTPUTS = "extra_outputs"
 EXTRA_DIMS = "extra_output.{}.dims"
@@ -52,7 +54,9 @@ def infer_request(
     inputs = []
     for k, tensor in enumerate(request.inputs):
         name = tensor.name
-        _check_parameters(f"input '{name}'", tensor.parameters)
+        _check_parameters(f"input '{name}'", tensor.parameters, honoured=(BINARY_DATA_SIZE,))
+        if BINARY_DATA_SIZE in tensor.parameters:
+            _check_binary_size(name, tensor.parameters[BINARY_DATA_SIZE], raw[k] if raw else None)
         if tensor.datatype != FP32:
             raise InvalidInputError(
                 f"input '{name}' has datatype '{tensor.datatype}'; the model takes {FP32} "
@@ -293,8 +297,20 @@ def _check_parameters(what: str, parameters, honoured: tuple[str, ...] = ()) -> 
         names = ", ".join(f"'{key}'" for key in refused)
         raise InvalidInputError(
             f"{what} sets parameter {names}, which this server does not honour; it reads "
-            f"only an output's '{CLASSIFICATION}' (a class count) and the request's "
-            f"'{FINAL_RESPONSE}'"
+            f"only an output's '{CLASSIFICATION}' (a class count), an input's "
+            f"'{BINARY_DATA_SIZE}' and the request's '{FINAL_RESPONSE}'"
+        )
+
+
+def _check_binary_size(name: str, parameter: pb.InferParameter, raw: bytes | None) -> None:
+    """``binary_data_size`` (KServe's client sets it with raw contents) must be their size."""
+    kind = parameter.WhichOneof("parameter_choice")
+    size = getattr(parameter, kind) if kind in ("int64_param", "uint64_param") else None
+    if raw is None or size != len(raw):
+        actual = "no raw_input_contents" if raw is None else f"{len(raw)} bytes of raw contents"
+        raise InvalidInputError(
+            f"input '{name}' sets '{BINARY_DATA_SIZE}' to {size if size is not None else kind}, "
+            f"but it has {actual}; leave the parameter out, or make it that byte count"
         )
 
 

@@ -1,8 +1,8 @@
 """The ``inference.GRPCInferenceService`` servicer: KServe v2 plus Triton's extensions.
 
-The message classes are the ones ``tritonclient`` ships (Triton's ``grpc_service.proto``
-is the KServe v2 ``grpc_predict_v2.proto`` plus Triton's own methods, with the same
-field numbers for every message used here; ``tests/grpc/test_kserve.py`` checks them).
+The messages are generated from Triton's ``grpc_service.proto`` (protos/vendor: the KServe
+v2 ``grpc_predict_v2.proto`` plus Triton's own methods, with the same field numbers for every
+message used here; ``tests/grpc/test_kserve.py`` checks them).
 The methods below are served; the rest (shared memory, repository load and unload,
 trace and log settings) answer UNIMPLEMENTED.
 """
@@ -14,8 +14,6 @@ import logging
 from collections.abc import AsyncIterator
 
 import grpc
-from tritonclient.grpc import service_pb2 as pb
-from tritonclient.grpc import service_pb2_grpc
 
 import flatscope
 from flatscope import admission as admitting
@@ -26,6 +24,8 @@ from flatscope.grpc.interceptors import CallLimits, status_message
 from flatscope.grpc.kserve import converters
 from flatscope.grpc.methods import PartialServicer
 from flatscope.grpc.servicer import call_deadline
+from flatscope.protocols import grpc_service_pb2 as pb
+from flatscope.protocols import grpc_service_pb2_grpc
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ STREAM_WINDOW = 16
 INTERNAL = "internal error; the server log has details"
 
 
-class InferenceServicer(PartialServicer, service_pb2_grpc.GRPCInferenceServiceServicer):
+class InferenceServicer(PartialServicer, grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
     """Serves KServe v2 and Triton's model methods from a ModelCore.
 
     Args:

@@ -40,7 +40,9 @@ class Settings(BaseSettings):
         "signed by one of them (mutual TLS).",
     )
     model: Path | None = Field(
-        None, description="A .keras file to serve; unset serves the embedded digits model."
+        None,
+        description="The model file to serve: .keras, or legacy .h5 (Keras 2's HDF5); unset "
+        "serves the embedded digits model.",
     )
     device: Literal["auto", "cpu", "gpu"] = Field(
         "auto",
@@ -151,7 +153,9 @@ class Settings(BaseSettings):
         10.0, ge=0, description="Seconds in-flight calls get to finish on shutdown."
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
-        "INFO", description="Log level."
+        "INFO",
+        description="Log level, in any case. DEBUG also shows TensorFlow's and gRPC's own "
+        "start-up lines, which are left out otherwise.",
     )
     log_format: Literal["text", "json"] = Field(
         "text", description="Log lines as text or as one JSON object each."

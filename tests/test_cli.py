@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import importlib.metadata
+import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -353,3 +355,28 @@ def test_health_command_exits_1_without_a_server():
     result = flatscope("health", "--target", f"127.0.0.1:{port}", "--timeout", "5")
     assert result.returncode == 1
     assert_one_line_error(result.stderr, "flatscope: UNAVAILABLE: ")
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
+def test_make_serve_passes_port_host_and_more_flags():
+    def dry_run(*args: str, **env: str) -> str:
+        # -n prints the command; -o: the venv counts as made, whatever is on this machine.
+        result = subprocess.run(
+            ["make", "-n", "-o", ".venv/.installed-stamp", "serve", *args],
+            cwd=Path(__file__).resolve().parent.parent,
+            capture_output=True,
+            text=True,
+            timeout=CLI_TIMEOUT,
+            env={**os.environ, **env},
+        )
+        assert result.returncode == 0, result.stderr
+        return " ".join(result.stdout.split())
+
+    assert dry_run() == ".venv/bin/flatscope serve"
+    assert dry_run("PORT=8600") == ".venv/bin/flatscope serve --port 8600"
+    assert (
+        dry_run("PORT=8600", "HOST=0.0.0.0", "ARGS=--model m.keras --log-level debug")
+        == ".venv/bin/flatscope serve --host 0.0.0.0 --port 8600 --model m.keras --log-level debug"
+    )
+    # A shell's HOST or PORT variable is not taken for an address.
+    assert dry_run(HOST="workstation", PORT="1") == ".venv/bin/flatscope serve"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib.metadata
 import logging
 import os
 import sys
@@ -43,7 +42,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
 
-    parser.add_argument("--version", action="version", version=f"flatscope {_version()}")
+    parser.add_argument("--version", action=_Version)
     serve = commands.add_parser("serve", help="run the server")
     for name, field in Settings.model_fields.items():
         serve.add_argument(
@@ -199,13 +198,20 @@ def _default(value: object) -> str:
     return f"; default {str(value).lower() if isinstance(value, bool) else value}"
 
 
-def _version() -> str:
-    try:
-        return importlib.metadata.version("flatscope")
-    except importlib.metadata.PackageNotFoundError:  # run from a source tree, not installed
-        from flatscope import __version__
+class _Version(argparse.Action):
+    """``--version``: the installed package's version (looked up only when asked)."""
 
-        return __version__
+    def __init__(self, option_strings: list[str], dest: str, **kwargs):
+        super().__init__(option_strings, dest, nargs=0, help="print the version and exit")
+
+    def __call__(self, parser, namespace, values, option_string=None) -> NoReturn:
+        import importlib.metadata
+
+        try:
+            version = importlib.metadata.version("flatscope")
+        except importlib.metadata.PackageNotFoundError:  # a source tree, not installed
+            from flatscope import __version__ as version
+        parser.exit(0, f"flatscope {version}\n")
 
 
 def _client(args: argparse.Namespace):

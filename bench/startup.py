@@ -6,6 +6,7 @@ Each run starts ``python -m flatscope serve`` on a free port with /metrics off, 
 from the process' start (Popen) to
   port     the gRPC port accepting TCP connections (polled every 5 ms);
   serving  the health check answering SERVING (polled every 20 ms);
+  load     the time between the two (loading, compiling and warming up the model);
 then reads the server's RSS (``VmRSS``, after the warm-up passes) and its peak
 (``VmHWM``), counts the lines it wrote to stdout and stderr (all, and those at error
 level), and stops it with SIGTERM. Prints the median of each per variant.
@@ -103,6 +104,7 @@ def one_run(pythonpath: Path, flags: list[str]) -> dict[str, float]:
     return {
         "port_s": opened - started,
         "serving_s": serving - started,
+        "load_s": serving - opened,
         "rss_mib": rss / 2**20,
         "peak_mib": peak / 2**20,
         "lines": len(text.splitlines()),
@@ -135,7 +137,7 @@ def main() -> None:
             results[name].append(one_run(variants[name], args.flags))
             print(f"run {run + 1} {name}: {_row(results[name][-1])}", file=sys.stderr)
 
-    keys = ("port_s", "serving_s", "rss_mib", "peak_mib", "lines", "error_lines")
+    keys = ("port_s", "serving_s", "load_s", "rss_mib", "peak_mib", "lines", "error_lines")
     print(f"medians of {args.runs} runs (flags: {' '.join(args.flags) or 'none'})")
     print(f"{'':8}" + "".join(f"{key:>12}" for key in keys))
     medians = {

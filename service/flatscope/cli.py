@@ -211,7 +211,8 @@ class _Version(argparse.Action):
             version = importlib.metadata.version("flatscope")
         except importlib.metadata.PackageNotFoundError:  # a source tree, not installed
             from flatscope import __version__ as version
-        parser.exit(0, f"flatscope {version}\n")
+        print(f"flatscope {version}")
+        parser.exit(0)
 
 
 def _client(args: argparse.Namespace):

@@ -65,7 +65,10 @@ def one_run(pythonpath: Path, flags: list[str]) -> dict[str, float]:
     """Starts one server, measures it, stops it."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("FLATSCOPE_")}
-    env["PYTHONPATH"] = str(pythonpath)
+    # The variant's tree first; the rest of this process' path (not this tree) after it.
+    others = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    others = [p for p in others if Path(p).resolve() != SERVICE]
+    env["PYTHONPATH"] = os.pathsep.join([str(pythonpath), *others])
     command = [sys.executable, "-m", "flatscope", "serve", "--port", str(port)]
     command += ["--metrics-port", "0", *flags]
     with tempfile.TemporaryFile() as log:

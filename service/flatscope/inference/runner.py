@@ -166,6 +166,9 @@ class _TensorFlowModel(CompiledModel):
         if device == "gpu" and not gpus:
             raise ModelLoadError("--device gpu, but TensorFlow sees no GPU")
         self.device = "gpu:0" if gpus else "cpu"
+        if device == "auto" and not gpus:
+            # The CLI drops TensorFlow's own line on why (the CUDA probe's) from a healthy start.
+            log.info("tensorflow: no GPU visible; --log-level debug shows TensorFlow's probe")
         # One trace serves every batch size: the batch axis stays unknown.
         self.warmup_batch_sizes = (1, 2)
         spec = [tf.TensorSpec((None, *model.inputs[0].shape[1:]), tf.float32)]

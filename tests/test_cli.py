@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.metadata
+import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -67,6 +70,30 @@ def test_startup_log_names_address_model_backend_and_device(server: ServerProces
         assert f"{backend}: 3 thread(s) per forward pass" in server.log()
 
 
+# An error-level line: ours (text or JSON), or a native runtime's (absl: "E0000 00:00:...").
+ERROR_LINE = re.compile(r"\bERROR\b|\bCRITICAL\b|^[EF]\d{4} ", re.MULTILINE)
+NATIVE_LINE = re.compile(r"^[IWEF]\d{4} \d+:\d+:\d+\.\d+ +\d+ \S+\] ", re.MULTILINE)
+
+
+def test_a_healthy_start_logs_no_error_and_no_native_noise_unless_debug(tmp_path: Path):
+    quiet = ServerProcess(tmp_path / "quiet.log")
+    debug = ServerProcess(tmp_path / "debug.log", "--log-level", "debug")
+    for process in (quiet, debug):  # both start at once; each takes seconds
+        with process.serving():
+            pass
+    assert quiet.proc.returncode == 0, quiet.log()
+    text = quiet.log()
+    assert "serving model digits" in text and "stopped" in text, text
+    assert not ERROR_LINE.search(text), text
+    assert not NATIVE_LINE.search(text), text
+    assert "absl::InitializeLog" not in text, text
+    # --log-level debug brings TensorFlow's and gRPC's own lines back (the oneDNN banner,
+    # the CUDA probe: lines this test can see only where the runtimes print them).
+    assert debug.proc.returncode == 0, debug.log()
+    if "backend tensorflow" in debug.log():
+        assert NATIVE_LINE.search(debug.log()), debug.log()
+
+
 def test_environment_variables_configure_the_server(client: Client):
     meta = client.metadata()
     assert meta.name == "digits-test"
@@ -117,16 +144,20 @@ def test_serve_missing_model_file_fails_with_one_line_error(tmp_path: Path):
     assert_one_line_error(result.stderr, "cannot start: ", str(missing), "does not exist")
 
 
-def test_serve_bad_setting_exits_2_with_one_line():
-    result = flatscope("serve", "--port", "-5", "--max-batch-size", "many")
+def test_serve_bad_setting_exits_2_with_one_line_naming_flag_value_and_expectation():
+    result = flatscope(
+        "serve", "--port", "-5", "--max-batch-size", "many", env={"FLATSCOPE_DEVICE": "tpu"}
+    )
     assert result.returncode == 2, result.stderr
     assert_one_line_error(
         result.stderr,
         "bad settings",
-        "--port -5: ",
-        "greater than or equal to 0",
-        "--max-batch-size many: ",
+        "--port -5: expected an integer from 0 to 65535",
+        "--max-batch-size many: expected an integer, 1 or more",
+        "FLATSCOPE_DEVICE=tpu: expected one of auto, cpu, gpu",
     )
+    # pydantic's own words and field names stay out of it.
+    assert "Input should" not in result.stderr and "max_batch_size" not in result.stderr
 
 
 def test_serve_unknown_flag_exits_2_with_one_line():
@@ -196,6 +227,19 @@ def test_help_lists_commands_and_serve_flags():
     ):
         assert re.search(rf"{flag}\b", serve.stdout), flag
     assert "FLATSCOPE_MAX_BATCH_SIZE" in serve.stdout
+    # Defaults as a user would type them; none for settings that are unset by default.
+    assert "--device {auto,cpu,gpu}" in serve.stdout
+    assert "--batching {true,false}" in serve.stdout
+    assert "default true]" in serve.stdout
+    assert "default None" not in serve.stdout
+    assert "default ]" not in serve.stdout
+    assert "[env FLATSCOPE_TLS_CERT]" in " ".join(serve.stdout.split())
+
+
+def test_version_is_the_package_version():
+    result = flatscope("--version")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"flatscope {importlib.metadata.version('flatscope')}"
 
 
 # Client commands of the console script.
@@ -311,3 +355,28 @@ def test_health_command_exits_1_without_a_server():
     result = flatscope("health", "--target", f"127.0.0.1:{port}", "--timeout", "5")
     assert result.returncode == 1
     assert_one_line_error(result.stderr, "flatscope: UNAVAILABLE: ")
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
+def test_make_serve_passes_port_host_and_more_flags():
+    def dry_run(*args: str, **env: str) -> str:
+        # -n prints the command; -o: the venv counts as made, whatever is on this machine.
+        result = subprocess.run(
+            ["make", "-n", "-o", ".venv/.installed-stamp", "serve", *args],
+            cwd=Path(__file__).resolve().parent.parent,
+            capture_output=True,
+            text=True,
+            timeout=CLI_TIMEOUT,
+            env={**os.environ, **env},
+        )
+        assert result.returncode == 0, result.stderr
+        return " ".join(result.stdout.split())
+
+    assert dry_run() == ".venv/bin/flatscope serve"
+    assert dry_run("PORT=8600") == ".venv/bin/flatscope serve --port 8600"
+    assert (
+        dry_run("PORT=8600", "HOST=0.0.0.0", "ARGS=--model m.keras --log-level debug")
+        == ".venv/bin/flatscope serve --host 0.0.0.0 --port 8600 --model m.keras --log-level debug"
+    )
+    # A shell's HOST or PORT variable is not taken for an address.
+    assert dry_run(HOST="workstation", PORT="1") == ".venv/bin/flatscope serve"

@@ -113,3 +113,20 @@ def test_a_graph_that_does_not_freeze_runs_eagerly_with_the_same_floats(monkeypa
     assert "the frozen graph will not do (cannot freeze this graph)" in caplog.text
     assert EAGER in caplog.text
     _assert_keras_floats(compiled, model)
+
+
+@pytest.mark.parametrize("build", [_convnet, _recurrent], ids=["convnet", "lstm"])
+def test_a_frozen_graph_with_other_floats_falls_back_to_graphs_traced_after_it(
+    monkeypatch, caplog, build
+):
+    # Freezing has replaced the loop body's functions in the eager context by then; the
+    # eager graphs, traced afterwards, must still compute Keras' own floats.
+    def off_by_a_little(self, inputs, extras):
+        return [output + 1e-3 for output in (self._inspect if extras else self._predict)(inputs)]
+
+    monkeypatch.setattr(runner._FrozenSession, "run", off_by_a_little)
+    model = build()
+    compiled = _compile(model, caplog)
+    assert "its results differ from the eager graph's" in caplog.text
+    assert EAGER in caplog.text
+    _assert_keras_floats(compiled, model)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from flatscope.settings import MiB, Settings
+from flatscope.settings import MiB, Settings, accepted
 
 
 @pytest.fixture(autouse=True)
@@ -150,3 +150,32 @@ def test_tls_settings_from_environment(monkeypatch: pytest.MonkeyPatch):
 def test_invalid_reliability_and_security_settings(overrides: dict, message: str):
     with pytest.raises(ValidationError, match=message):
         Settings(**overrides)
+
+
+def test_log_level_in_any_case():
+    assert Settings(log_level="debug").log_level == "DEBUG"
+    assert Settings(log_level="Warning").log_level == "WARNING"
+
+
+@pytest.mark.parametrize(
+    ("field", "words"),
+    [
+        ("port", "an integer from 0 to 65535"),
+        ("max_batch_size", "an integer, 1 or more"),
+        ("batch_timeout", "a number, 0 or more"),
+        ("receive_timeout", "a number above 0"),
+        ("batching", "true or false"),
+        ("device", "one of auto, cpu, gpu"),
+        ("model", "a file path"),
+        ("host", "text"),
+    ],
+)
+def test_accepted_values_in_words(field: str, words: str):
+    assert accepted(field) == words
+
+
+def test_every_field_has_words_for_what_it_accepts():
+    # A new kind of field (a list, a dict) needs its own words, not "text".
+    for name, field in Settings.model_fields.items():
+        if accepted(name) == "text":
+            assert field.annotation is str, name

@@ -16,7 +16,7 @@ from pydantic import ValidationError
 
 from flatscope import logs
 from flatscope.errors import ConfigError, ModelLoadError, one_line
-from flatscope.settings import Settings
+from flatscope.settings import Settings, accepted, choices
 
 DEFAULT_TARGET = "127.0.0.1:8500"
 
@@ -42,14 +42,15 @@ def _parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
 
+    parser.add_argument("--version", action=_Version)
     serve = commands.add_parser("serve", help="run the server")
     for name, field in Settings.model_fields.items():
         serve.add_argument(
-            "--" + name.replace("_", "-"),
+            _flag(name),
             dest=name,
             default=None,
-            metavar=name.upper(),
-            help=f"{field.description} [env FLATSCOPE_{name.upper()}; default {field.default}]",
+            metavar=_metavar(name),
+            help=f"{field.description} [env {_env(name)}{_default(field.default)}]",
         )
     serve.set_defaults(run=_serve)
 
@@ -117,12 +118,14 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         settings = Settings(**overrides)
     except ValidationError as exc:
-        print(f"flatscope serve: bad settings: {_problems(exc)}", file=sys.stderr)
+        print(f"flatscope serve: bad settings: {_problems(exc, overrides)}", file=sys.stderr)
         return 2
     logs.configure(settings.log_level, settings.log_format)
-    # A failed start prints its one error line alone; at DEBUG, everything as it comes.
+    # A failed start prints its one error line alone, and a healthy one no native noise;
+    # at DEBUG, everything as it comes, TensorFlow's and gRPC's own lines included.
     if settings.log_level != "DEBUG":
-        logs.hold_stderr()
+        logs.quiet_native_logs()  # before grpc and tensorflow are imported
+        logs.hold_stderr(drop_native=True)
     try:
         from flatscope.grpc.server import serve
 
@@ -158,17 +161,58 @@ def event_loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] |
     return uvloop.new_event_loop
 
 
-def _problems(exc: ValidationError) -> str:
-    """The settings' validation errors on one line, each with its flag and value."""
+def _problems(exc: ValidationError, flags: dict[str, str]) -> str:
+    """The settings' validation errors on one line, each with its flag (or variable), the
+    value given and what was expected."""
     problems = []
     for error in exc.errors():
-        message = error["msg"].removeprefix("Value error, ")
-        if error["loc"]:
+        if error["loc"] and str(error["loc"][0]) in Settings.model_fields:
             name = str(error["loc"][0])
-            problems.append(f"--{name.replace('_', '-')} {error['input']!s}: {message}")
+            if name in flags:
+                given = f"{_flag(name)} {flags[name]}"
+            else:
+                given = f"{_env(name)}={error['input']}"
+            problems.append(f"{given}: expected {accepted(name)}")
         else:
-            problems.append(message)
+            problems.append(error["msg"].removeprefix("Value error, "))
     return one_line("; ".join(problems))
+
+
+def _metavar(name: str) -> str:
+    if choices(name):
+        return "{" + ",".join(choices(name)) + "}"
+    return "{true,false}" if Settings.model_fields[name].annotation is bool else name.upper()
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _env(name: str) -> str:
+    return f"FLATSCOPE_{name.upper()}"
+
+
+def _default(value: object) -> str:
+    if value is None or value == "":
+        return ""  # the description says what unset means
+    return f"; default {str(value).lower() if isinstance(value, bool) else value}"
+
+
+class _Version(argparse.Action):
+    """``--version``: the installed package's version (looked up only when asked)."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs):
+        super().__init__(option_strings, dest, nargs=0, help="print the version and exit")
+
+    def __call__(self, parser, namespace, values, option_string=None) -> NoReturn:
+        import importlib.metadata
+
+        try:
+            version = importlib.metadata.version("flatscope")
+        except importlib.metadata.PackageNotFoundError:  # a source tree, not installed
+            from flatscope import __version__ as version
+        print(f"flatscope {version}")
+        parser.exit(0)
 
 
 def _client(args: argparse.Namespace):
@@ -200,9 +244,10 @@ def _rpc(fn):
 
     The command's own exit code, if it returns one, passes through; None means 0.
     """
-    import grpc
 
     def wrapped(args: argparse.Namespace) -> int:
+        import grpc  # here, not at import: serve sets gRPC's log level before importing it
+
         try:
             code = fn(args)
         except grpc.RpcError as exc:

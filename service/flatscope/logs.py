@@ -6,16 +6,45 @@ import datetime
 import json
 import logging
 import os
-import shutil
+import re
 import sys
 import tempfile
+from collections.abc import Iterable, Iterator
 from typing import BinaryIO, Literal
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
-# While stderr is held: the real stderr (a duplicate of file descriptor 2) and the file
-# that descriptor 2 points at instead.
-_held: tuple[int, BinaryIO] | None = None
+# While stderr is held: the real stderr (a duplicate of file descriptor 2), the file
+# that descriptor 2 points at instead, and whether the native runtimes' start-up lines
+# are dropped when it is replayed.
+_held: tuple[int, BinaryIO, bool] | None = None
+
+# The native runtimes' log lines: absl's ("I0000 00:00:1796216469.748407    5701 port.cc:153]
+# ...") and the older TensorFlow one ("2025-09-17 14:44:05.157831: I external/...").
+_NATIVE = re.compile(
+    rb"^(?:(?P<absl>[IWEF])\d{4} \d+:\d+:\d+\.\d+ +\d+ [^\]\s]+\] "
+    rb"|\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+: (?P<tf>[IWEF]) )"
+)
+# absl's notice before its first line, when nothing initialised its logging.
+_ABSL_NOTICE = b"WARNING: All log messages before absl::InitializeLog() is called"
+# An error line that a healthy start on a machine without an NVIDIA driver always prints:
+# TensorFlow probing CUDA (the model then runs on the CPU, as the start-up log says).
+_EXPECTED_ERRORS = re.compile(rb"failed call to cuInit")
+# Where a new event begins: one of our log lines (text or JSON), a traceback, a native line.
+_NEW_EVENT = re.compile(rb"^(?:\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} |\{|Traceback )")
+
+
+def quiet_native_logs() -> None:
+    """Turns TensorFlow's and gRPC's native logs down to warnings and errors.
+
+    Sets ``TF_CPP_MIN_LOG_LEVEL=1`` and ``GRPC_VERBOSITY=ERROR`` unless the environment
+    sets them already. gRPC reads its variable when ``grpc`` is imported, TensorFlow
+    when its libraries load: call this before either. The lines TensorFlow prints before
+    its logging is initialised (the oneDNN banner) obey no variable; :func:`hold_stderr`
+    drops them.
+    """
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
 
 class TextFormatter(logging.Formatter):
@@ -72,13 +101,18 @@ def configure(level: str, fmt: Literal["text", "json"] = "text") -> None:
     logging.captureWarnings(True)
 
 
-def hold_stderr() -> None:
+def hold_stderr(*, drop_native: bool = False) -> None:
     """Holds back everything written to stderr until :func:`release_stderr`.
 
     For the startup of a server: a failed start then prints its one error line alone,
     not after the log lines of the steps that worked and the native runtimes' own lines
     (TensorFlow's and gRPC's C++ logs write to file descriptor 2, past Python's logging).
     What is held waits in an unlinked temporary file; nothing is held when none can be made.
+
+    Args:
+        drop_native: Replay without the native runtimes' start-up noise: their info
+            and warning lines (with the lines that continue them), absl's notice, and
+            the CUDA probe's error on a machine without a GPU driver.
     """
     global _held
     if _held is not None:
@@ -90,7 +124,7 @@ def hold_stderr() -> None:
         return
     stderr = os.dup(2)
     os.dup2(file.fileno(), 2)
-    _held = (stderr, file)
+    _held = (stderr, file, drop_native)
 
 
 def release_stderr(*, replay: bool = True) -> None:
@@ -101,7 +135,7 @@ def release_stderr(*, replay: bool = True) -> None:
     global _held
     if _held is None:
         return
-    stderr, file = _held
+    stderr, file, drop_native = _held
     _held = None
     sys.stderr.flush()
     os.dup2(stderr, 2)
@@ -109,7 +143,28 @@ def release_stderr(*, replay: bool = True) -> None:
     with file, open(2, "wb", closefd=False) as out:
         if replay:
             file.seek(0)
-            shutil.copyfileobj(file, out)
+            out.writelines(without_native_noise(file) if drop_native else file)
+
+
+def without_native_noise(lines: Iterable[bytes]) -> Iterator[bytes]:
+    """``lines`` without the native runtimes' start-up noise (see :func:`hold_stderr`).
+
+    Native error and fatal lines pass, but for the expected CUDA probe error; so does
+    every line of our own logs.
+    """
+    dropping = False
+    for line in lines:
+        native = _NATIVE.match(line)
+        if native:
+            severity = native.group("absl") or native.group("tf")
+            dropping = severity in (b"I", b"W") or bool(_EXPECTED_ERRORS.search(line))
+        elif line.startswith(_ABSL_NOTICE):
+            dropping = True
+        elif _NEW_EVENT.match(line):
+            dropping = False
+        # Anything else continues the event before it (a native message's second line).
+        if not dropping:
+            yield line
 
 
 def _one_line(text: str) -> str:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import types
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, get_args, get_origin
 
-from pydantic import Field, model_validator
+import annotated_types
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 MiB = 1024 * 1024
@@ -38,7 +40,9 @@ class Settings(BaseSettings):
         "signed by one of them (mutual TLS).",
     )
     model: Path | None = Field(
-        None, description="A .keras file to serve; unset serves the embedded digits model."
+        None,
+        description="The model file to serve: .keras, or legacy .h5 (Keras 2's HDF5); unset "
+        "serves the embedded digits model.",
     )
     device: Literal["auto", "cpu", "gpu"] = Field(
         "auto",
@@ -149,11 +153,18 @@ class Settings(BaseSettings):
         10.0, ge=0, description="Seconds in-flight calls get to finish on shutdown."
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
-        "INFO", description="Log level."
+        "INFO",
+        description="Log level, in any case. DEBUG also shows TensorFlow's and gRPC's own "
+        "start-up lines, which are left out otherwise.",
     )
     log_format: Literal["text", "json"] = Field(
         "text", description="Log lines as text or as one JSON object each."
     )
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _level_in_any_case(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
 
     @model_validator(mode="after")
     def _tls_files_go_together(self) -> Settings:
@@ -162,3 +173,35 @@ class Settings(BaseSettings):
         if self.tls_client_ca is not None and self.tls_cert is None:
             raise ValueError("--tls-client-ca needs --tls-cert and --tls-key")
         return self
+
+
+def choices(name: str) -> tuple[str, ...]:
+    """The values a field takes when it takes one of a few (a Literal); () otherwise."""
+    annotation = Settings.model_fields[name].annotation
+    return get_args(annotation) if get_origin(annotation) is Literal else ()
+
+
+def accepted(name: str) -> str:
+    """What a field accepts, in words: "an integer from 0 to 65535", "one of auto, cpu, gpu"."""
+    field = Settings.model_fields[name]
+    annotation = field.annotation
+    if choices(name):
+        return "one of " + ", ".join(choices(name))
+    if annotation is bool:
+        return "true or false"
+    if isinstance(annotation, types.UnionType) and Path in get_args(annotation):
+        return "a file path"
+    if annotation not in (int, float):
+        return "text"
+    noun = "an integer" if annotation is int else "a number"
+    low = next(
+        (c for c in field.metadata if isinstance(c, annotated_types.Ge | annotated_types.Gt)), None
+    )
+    high = next((c.le for c in field.metadata if isinstance(c, annotated_types.Le)), None)
+    if isinstance(low, annotated_types.Ge) and high is not None:
+        return f"{noun} from {low.ge} to {high}"
+    if isinstance(low, annotated_types.Ge):
+        return f"{noun}, {low.ge} or more"
+    if isinstance(low, annotated_types.Gt):
+        return f"{noun} above {low.gt}"
+    return noun

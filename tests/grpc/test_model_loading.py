@@ -104,7 +104,7 @@ REFUSED = [
     pytest.param(
         _two_input_file, ["2 inputs and 1 outputs", "exactly one of each"], id="two-inputs"
     ),
-    pytest.param(_h5_file, ["not a .keras file"], id="h5-file"),
+    pytest.param(_h5_file, ["not a readable HDF5 file"], id="truncated-h5-file"),
     pytest.param(_text_file, ["cannot load"], id="text-file-named-keras"),
     pytest.param(_missing_file, ["does not exist"], id="missing-file"),
     pytest.param(_truncated_file, ["cannot load"], id="truncated-keras-file"),
@@ -142,7 +142,7 @@ def test_serve_exits_1_with_one_line_for_truncated_non_keras_and_bomb_files(tmp_
     files = [
         (_truncated_file, "cannot load"),
         (_text_file, "cannot load"),
-        (_h5_file, "not a .keras file"),
+        (_h5_file, "not a readable HDF5 file"),
         (_zip_bomb_file, "past the cap of"),
     ]
     paths = [make(tmp_path) for make, _ in files]

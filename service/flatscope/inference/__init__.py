@@ -52,7 +52,7 @@ def load_served_model(
     """Loads, compiles and warms up a model (blocking: seconds).
 
     Args:
-        path: A ``.keras`` file, or None for the embedded default model.
+        path: A ``.keras`` or legacy ``.h5`` file, or None for the embedded default model.
         name: Name to serve it under; empty uses the model's own name.
         version: Version to report.
         max_batch_size: Largest batch a request may carry (reported in metadata).

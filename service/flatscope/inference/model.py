@@ -11,35 +11,38 @@ import keras
 
 from flatscope import default_model
 from flatscope.errors import ModelLoadError, one_line
-from flatscope.inference.archive import check_archive
+from flatscope.inference.archive import check_archive, check_hdf5
 from flatscope.layout import FlattenLayout, flatten_layout
 from flatscope.metadata import LayerRow, ModelDescription, TensorSpec
 
 log = logging.getLogger(__name__)
 
 
+# What loads, and how to get there from what does not.
+FORMATS = ".keras (Keras 3) and legacy .h5/.hdf5 (Keras 2's HDF5) model files"
+CONVERT = (
+    "to convert, load the model where it loads (Keras 2: tf.keras.models.load_model) "
+    'and save it with model.save("model.keras")'
+)
+H5_SUFFIXES = (".h5", ".hdf5")
+
+
 def load(path: Path | None) -> tuple[keras.Model, str]:
-    """Loads a ``.keras`` file with safe mode on, or the embedded default model.
+    """Loads a ``.keras`` or legacy ``.h5`` file with safe mode on, or the embedded model.
+
+    Safe mode refuses what would run code from the file (a ``Lambda`` layer's pickled
+    function) in both formats.
 
     Returns:
         The model and a description of where it came from.
 
     Raises:
-        ModelLoadError: The file is missing, unreadable, past a size cap (see
-            :mod:`flatscope.inference.archive`), or not a model we can serve.
+        ModelLoadError: The file is missing, unreadable, in another format, past a size
+            cap (see :mod:`flatscope.inference.archive`), or not a model we can serve.
     """
     source = str(path) if path else f"embedded:{default_model.MODEL_FILE}"
     file = path or default_model.model_path()
-    if not file.is_file():
-        raise ModelLoadError(f"model file {file} does not exist")
-    if file.suffix != ".keras":
-        raise ModelLoadError(f"model file {file} is not a .keras file (Keras v3 format)")
-    if not zipfile.is_zipfile(file):
-        raise ModelLoadError(
-            f"cannot load {file}: not a Keras v3 archive (a .keras file is a zip; "
-            "this one is truncated or in another format)"
-        )
-    check_archive(file)
+    check_format(file)
     try:
         model = keras.saving.load_model(file, compile=False, safe_mode=True)
     except Exception as exc:  # Keras raises many types; all mean "cannot serve this".
@@ -62,6 +65,43 @@ def load(path: Path | None) -> tuple[keras.Model, str]:
             f"{file}: model input dtype is {model.inputs[0].dtype}; flatscope serves float32"
         )
     return model, source
+
+
+def check_format(file: Path) -> None:
+    """Refuses a file that is not a model flatscope loads, saying what loads and how to convert.
+
+    Raises:
+        ModelLoadError: The file is missing, a directory, of another format, or past a
+            size cap.
+    """
+    if file.is_dir():
+        kind = "a TensorFlow SavedModel" if (file / "saved_model.pb").is_file() else "a"
+        raise ModelLoadError(
+            f"cannot load {file}: it is {kind} directory; flatscope loads {FORMATS}; {CONVERT}"
+        )
+    if not file.is_file():
+        raise ModelLoadError(f"model file {file} does not exist")
+    name = file.name.lower()
+    if name.endswith((".weights.h5", ".weights.json")):
+        raise ModelLoadError(
+            f"cannot load {file}: it holds weights only (model.save_weights), without the "
+            f"architecture; flatscope loads {FORMATS}: build the model, load_weights, "
+            'and save it with model.save("model.keras")'
+        )
+    if file.suffix in H5_SUFFIXES:
+        check_hdf5(file)
+        return
+    if file.suffix != ".keras":
+        raise ModelLoadError(
+            f"cannot load {file}: {file.suffix or 'a name without a suffix'} is not a model "
+            f"format flatscope loads; it loads {FORMATS}; {CONVERT}"
+        )
+    if not zipfile.is_zipfile(file):
+        raise ModelLoadError(
+            f"cannot load {file}: not a Keras v3 archive (a .keras file is a zip; "
+            "this one is truncated or in another format)"
+        )
+    check_archive(file)
 
 
 def flatten_layers(model: keras.Model) -> list[keras.layers.Flatten]:

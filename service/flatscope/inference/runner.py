@@ -166,20 +166,19 @@ class _TensorFlowModel(CompiledModel):
         if device == "gpu" and not gpus:
             raise ModelLoadError("--device gpu, but TensorFlow sees no GPU")
         self.device = "gpu:0" if gpus else "cpu"
+        if device == "auto" and not gpus:
+            # The CLI drops TensorFlow's own line on why (the CUDA probe's) from a healthy start.
+            log.info("tensorflow: no GPU visible; --log-level debug shows TensorFlow's probe")
         # One trace serves every batch size: the batch axis stays unknown.
         self.warmup_batch_sizes = (1, 2)
         spec = [tf.TensorSpec((None, *model.inputs[0].shape[1:]), tf.float32)]
-        # Calling the concrete graphs skips tf.function's argument binding (~0.4 ms).
-        self._predict = tf.function(
-            lambda x: model(x, training=False), input_signature=spec
-        ).get_concrete_function()
 
-        def trace_probe():
+        def trace(graph: keras.Model):
+            # Calling the concrete graph skips tf.function's argument binding (~0.4 ms).
             return tf.function(
-                lambda x: probe(x, training=False), input_signature=spec
+                lambda x: graph(x, training=False), input_signature=spec
             ).get_concrete_function()
 
-        self._inspect = trace_probe()
         self._to_tensor = tf.convert_to_tensor
         self._session: _FrozenSession | None = None
         if gpus:
@@ -187,10 +186,14 @@ class _TensorFlowModel(CompiledModel):
                 "current"
             ]
         else:
-            # Frozen from a trace of its own: freezing replaces, in the eager context,
-            # the functions a graph calls (a loop's body, a branch) with frozen copies
-            # under the same names, which _inspect's graph must not pick up.
-            self._session = _FrozenSession.build(trace_probe(), model, self._eager_run)
+            self._session = _FrozenSession.build(trace(probe), model)
+        if self._session is None:
+            # Traced after any freezing: freezing replaces, in the eager context, the
+            # functions a graph calls (a loop's body, a branch) with frozen copies under
+            # the same names, which a graph traced before it would pick up. A CPU start
+            # that freezes traces the probe once, and these two not at all.
+            self._predict = trace(model)
+            self._inspect = trace(probe)
         log.info(
             "tensorflow: passes run %s",
             "as a frozen graph in a session" if self._session else "as eager concrete functions",
@@ -224,13 +227,12 @@ class _FrozenSession:
         self._inspect = inspect
 
     @classmethod
-    def build(
-        cls,
-        function,
-        model: keras.Model,
-        eager_run: Callable[[np.ndarray, bool], list[np.ndarray]],
-    ) -> _FrozenSession | None:
-        """A session running ``function`` (the probe), or None where it cannot."""
+    def build(cls, function, model: keras.Model) -> _FrozenSession | None:
+        """A session running ``function`` (the traced probe), or None where it cannot.
+
+        The session must give exactly the floats ``function`` gives, run eagerly before
+        it is frozen, on probe batches.
+        """
         import tensorflow as tf
 
         weight_bytes = sum(
@@ -239,6 +241,12 @@ class _FrozenSession:
         if weight_bytes > FROZEN_WEIGHTS_LIMIT:
             log.info("tensorflow: %d MiB of weights, not frozen", weight_bytes >> 20)
             return None
+        rng = np.random.default_rng(0)
+        example_shape = tuple(function.inputs[0].shape[1:])
+        probes = [  # kernels may differ by batch size
+            rng.standard_normal((batch, *example_shape), dtype=np.float32) for batch in (1, 3)
+        ]
+        expected = [[t.numpy() for t in function(tf.convert_to_tensor(p))] for p in probes]
         try:
             from tensorflow.core.protobuf import rewriter_config_pb2
             from tensorflow.python.framework.convert_to_constants import (
@@ -269,14 +277,12 @@ class _FrozenSession:
                 session.make_callable(fetches[:1], feed_list=feed),
                 session.make_callable(fetches, feed_list=feed),
             )
-            rng = np.random.default_rng(0)
-            for batch in (1, 3):  # kernels may differ by batch size
-                probe = rng.standard_normal((batch, *feed[0].shape[1:]), dtype=np.float32)
+            for probe, outputs in zip(probes, expected, strict=True):
                 for extras in (False, True):
-                    expected = eager_run(probe, extras)
+                    want = outputs if extras else outputs[:1]
                     got = built.run(probe, extras)
-                    if len(got) != len(expected) or not all(
-                        np.array_equal(a, b) for a, b in zip(got, expected, strict=False)
+                    if len(got) != len(want) or not all(
+                        np.array_equal(a, b) for a, b in zip(got, want, strict=False)
                     ):
                         session.close()
                         raise ValueError("its results differ from the eager graph's")

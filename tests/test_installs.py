@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -30,6 +31,9 @@ ROOT = Path(__file__).resolve().parents[1]
 VENVS = ROOT / ".cache" / "venvs"
 INSTALL_TIMEOUT = 1200.0  # seconds for one environment's pip install (the JAX wheels are big)
 RUN_TIMEOUT = 120.0
+# The environments see only what is installed in them (PYTHONPATH could show pip this tree's
+# flatscope as installed already).
+ISOLATED = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
 SHAPE = (48, 48, 3)  # the default model's input, per example
 
 
@@ -52,6 +56,7 @@ def build_venv(name: str, *requirements: str) -> Path:
     result = subprocess.run(
         [*pip, "--quiet", *requirements],
         cwd=ROOT,
+        env=ISOLATED,
         capture_output=True,
         text=True,
         timeout=INSTALL_TIMEOUT,
@@ -67,7 +72,9 @@ def run_in(venv: Path, *args: str, check: bool = True) -> subprocess.CompletedPr
         command = [str(venv / "bin" / "python"), *args]
     else:
         command = [str(venv / "bin" / args[0]), *args[1:]]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=RUN_TIMEOUT, cwd=venv)
+    result = subprocess.run(
+        command, capture_output=True, text=True, timeout=RUN_TIMEOUT, cwd=venv, env=ISOLATED
+    )
     if check:
         assert result.returncode == 0, f"{args[:2]} failed:\n{result.stdout}\n{result.stderr}"
     return result

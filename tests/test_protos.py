@@ -97,10 +97,10 @@ def test_vendored_protos_are_the_reference_packages_own(tmp_path: Path):
         assert _without_json_names(file) == _without_json_names(reference), file.name
 
 
-# Run in a fresh interpreter: the modules the gRPC layer (and the client) load.
+# Run in a fresh interpreter: the modules the gRPC layer, the client and the CLI load.
 LOADED = """
 import json, sys
-import flatscope.grpc.server, flatscope.client
+import flatscope.grpc.server, flatscope.client, flatscope.cli
 print(json.dumps(sorted(sys.modules)))
 """
 

@@ -84,8 +84,19 @@ class Client:
         include_source: bool = False,
         coordinate_start: int = 0,
         coordinate_count: int = 0,
+        include_dense_kernel: bool = False,
     ) -> InspectResult:
-        """Runs the model once and returns what its Flatten layer saw, with the layout."""
+        """Runs the model once and returns what its Flatten layer saw, with the layout.
+
+        Args:
+            inputs: A batch ``(N, *input_shape)`` of float32 inputs.
+            layer: The Flatten layer; empty for the model's only one.
+            include_source: Also return the tensor that entered the Flatten layer.
+            coordinate_start: First flat index to list the source index of.
+            coordinate_count: How many to list.
+            include_dense_kernel: Also return the kernel of the Dense layer after it
+                (``result.dense``), e.g. for :meth:`plot_inspect`.
+        """
         request = pb.InspectRequest(
             model_name=self.model_name,
             inputs=converters.to_tensor(inputs),
@@ -93,6 +104,7 @@ class Client:
             include_source=include_source,
             coordinate_start=coordinate_start,
             coordinate_count=coordinate_count,
+            include_dense_kernel=include_dense_kernel,
         )
         return converters.inspection(self._stub.Inspect(request, timeout=self._timeout))
 

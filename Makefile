@@ -4,7 +4,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 PYTHON ?= python3
 
-.PHONY: setup serve test lint protos train dashboard
+.PHONY: setup serve test lint protos train dashboard picture
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -39,3 +39,6 @@ dashboard: $(STAMP)  ## regenerate deploy/grafana/dashboards/flatscope.json
 
 train: $(STAMP)  ## retrain the embedded default model
 	$(BIN)/python -m flatscope.default_model.train
+
+picture: $(STAMP)  ## redraw docs/inspect.png: the embedded model inspecting examples/seven.png
+	$(BIN)/python docs/picture.py

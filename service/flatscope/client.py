@@ -12,6 +12,9 @@ Example:
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import TYPE_CHECKING
+
 import grpc
 import numpy as np
 
@@ -21,6 +24,9 @@ from flatscope.results import InspectResult, Prediction
 from flatscope.settings import MiB
 from flatscope.v1 import model_service_pb2 as pb
 from flatscope.v1 import model_service_pb2_grpc
+
+if TYPE_CHECKING:
+    from flatscope.picture import Picture
 
 __all__ = ["Client", "InspectResult", "ModelDescription", "Prediction"]
 
@@ -107,6 +113,29 @@ class Client:
             include_dense_kernel=include_dense_kernel,
         )
         return converters.inspection(self._stub.Inspect(request, timeout=self._timeout))
+
+    def plot_inspect(
+        self,
+        inputs: np.ndarray,
+        path: Path | str,
+        *,
+        layer: str = "",
+        flat_index: int | None = None,
+    ) -> Picture:
+        """Inspects ``inputs`` and draws the answer into ``path`` (.png or .svg).
+
+        The picture shows example 0: its input, the feature map that entered the
+        Flatten layer, the flat vector, ``flat_index`` (default: the largest feature)
+        in both, and the next Dense layer's weights read back onto the feature map.
+        Needs matplotlib (``pip install 'flatscope[plot]'``).
+
+        Returns:
+            What was drawn (see :class:`flatscope.picture.Picture`).
+        """
+        from flatscope.plot import plot_inspect
+
+        result = self.inspect(inputs, layer=layer, include_source=True, include_dense_kernel=True)
+        return plot_inspect(result, inputs, Path(path), flat_index)
 
     def metadata(self) -> ModelDescription:
         """Describes the served model."""

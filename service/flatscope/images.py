@@ -17,6 +17,9 @@ import numpy as np
 DIGIT_BOX = 0.72
 # A pixel counts as ink above this fraction of the brightest ink, for the bounding box.
 INK_LEVEL = 0.25
+# Thinner strokes than this fraction of the digit's box are made bolder (printed digits
+# are thin beside handwritten ones).
+STROKE_WIDTH = 0.16
 FITS = ("digit", "stretch")
 
 
@@ -111,6 +114,7 @@ def centre_digit(gray: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     digit = np.clip(np.asarray(scaled, dtype=np.float32), 0.0, 1.0)
     if digit.max() > 0:
         digit /= digit.max()
+    digit = _bolder(digit, STROKE_WIDTH * box)
     # Centre of mass to the frame's centre, the digit kept wholly inside.
     mass = digit.sum()
     ys, xs = np.indices(digit.shape)
@@ -119,6 +123,30 @@ def centre_digit(gray: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     left = int(np.clip(round((width - 1) / 2 - cx), 0, width - box))
     out[top : top + box, left : left + box] = digit
     return out
+
+
+def stroke_width(digit: np.ndarray) -> float:
+    """The mean width of a digit's strokes in pixels: twice its ink area over its outline."""
+    ink = digit > 0.5
+    area = int(ink.sum())
+    if area == 0:
+        return 0.0
+    padded = np.pad(ink, 1)
+    inner = padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:]
+    outline = int((ink & ~inner).sum())
+    return 2.0 * area / max(outline, 1)
+
+
+def _bolder(digit: np.ndarray, width: float) -> np.ndarray:
+    """Widens strokes thinner than ``width`` pixels, one pixel each side at a time."""
+    from PIL import Image, ImageFilter
+
+    for _ in range(3):
+        if stroke_width(digit) >= width:
+            break
+        image = Image.fromarray(digit, mode="F").filter(ImageFilter.MaxFilter(3))
+        digit = np.asarray(image, dtype=np.float32)
+    return digit
 
 
 def _on_black(image):

@@ -80,9 +80,7 @@ class Picture:
     wrong_order: tuple[str, ...]
 
 
-def picture_of(
-    result: InspectResult, inputs: np.ndarray, flat_index: int | None = None
-) -> Picture:
+def picture_of(result: InspectResult, inputs: np.ndarray, flat_index: int | None = None) -> Picture:
     """Computes what the picture of an Inspect answer shows (example 0 of the batch).
 
     Args:
@@ -231,7 +229,10 @@ def _title(layout: FlattenLayout) -> str:
         f"source {layout.source_shape} as ({', '.join(layout.axis_names)}))"
     )
     if layout.note:
-        title += "\nnote: " + layout.note.split(":")[0] + ": features ordered " + (
-            f"({', '.join(layout.flat_order)})"
+        title += (
+            "\nnote: "
+            + layout.note.split(":")[0]
+            + ": features ordered "
+            + (f"({', '.join(layout.flat_order)})")
         )
     return title

@@ -37,13 +37,15 @@ def build_model() -> keras.Model:
     )
 
 
-def augment(digit: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def augment(digit: np.ndarray, label: int, rng: np.random.Generator) -> np.ndarray:
     """One 8x8 digit (values 0..16) drawn anew at random, as a (48, 48) frame in [0, 1]."""
     from PIL import Image, ImageFilter
 
     size = int(rng.choice([24, 32, 48]))
     pixels = Image.fromarray(np.asarray(digit, dtype=np.float32) * (255.0 / 16.0), mode="F")
     image = pixels.resize((size, size), Image.Resampling.BICUBIC).convert("L")
+    if label == 1:
+        image = _printed_one(image, rng)
     # Turn, shear and stretch about the centre, on a canvas with room around the digit.
     pad = size // 2
     canvas = Image.new("L", (size + 2 * pad, size + 2 * pad))
@@ -63,21 +65,49 @@ def augment(digit: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         canvas.size, Image.Transform.AFFINE, coefficients, Image.Resampling.BILINEAR
     )
     # Stroke width: thicker (max filter) or thinner (min filter), sometimes as it is.
-    stroke = rng.choice(["thick", "thicker", "thin", "same"], p=[0.3, 0.2, 0.2, 0.3])
+    stroke = rng.choice(["thick", "thicker", "thin", "same"], p=[0.2, 0.1, 0.4, 0.3])
     if stroke == "thick":
         canvas = canvas.filter(ImageFilter.MaxFilter(3))
     elif stroke == "thicker":
         canvas = canvas.filter(ImageFilter.MaxFilter(5))
     elif stroke == "thin" and size >= 32:
-        canvas = canvas.filter(ImageFilter.MinFilter(3))
+        canvas = canvas.filter(ImageFilter.MinFilter(3 if size == 32 else 5))
     if rng.random() < 0.5:
         canvas = canvas.filter(ImageFilter.GaussianBlur(rng.uniform(0.3, 1.5)))
     gray = np.asarray(canvas, dtype=np.float32) / 255.0
-    # Contrast: from soft ink to hard black-and-white strokes.
-    if rng.random() < 0.4:
-        gray = np.clip((gray - 0.35) * rng.uniform(2.0, 5.0), 0.0, 1.0)
+    # Contrast: from soft ink to hard strokes; a high cut also makes them thinner
+    # (printed digits have thinner strokes than these blurred 8x8 ones).
+    if rng.random() < 0.6:
+        gray = np.clip((gray - rng.uniform(0.3, 0.65)) * rng.uniform(3.0, 6.0), 0.0, 1.0)
     gray = gray * rng.uniform(0.6, 1.0) + rng.normal(0.0, rng.uniform(0.0, 0.04), gray.shape)
     return centre_digit(np.clip(gray, 0.0, 1.0), (IMAGE_SIZE, IMAGE_SIZE))
+
+
+def _printed_one(image, rng: np.random.Generator):
+    """Sometimes gives a "1" the flag, and the foot, of a printed or continental one.
+
+    Few of the 8x8 ones have them; without, a flagged "1" reads as a 3 or a 7.
+    """
+    from PIL import ImageDraw
+
+    ink = np.asarray(image) > 100
+    rows, cols = np.flatnonzero(ink.any(axis=1)), np.flatnonzero(ink.any(axis=0))
+    if not rows.size:
+        return image
+    top, bottom = int(rows[0]), int(rows[-1])
+    height = bottom - top
+    centre = int(np.flatnonzero(ink[top + height // 8]).mean())
+    width = max(2, round(image.size[0] * rng.uniform(0.06, 0.12)))
+    draw = ImageDraw.Draw(image)
+    if rng.random() < 0.6:
+        length = height * rng.uniform(0.2, 0.4)
+        angle = np.deg2rad(rng.uniform(20, 60))
+        end = (centre - length * np.cos(angle), top + length * np.sin(angle))
+        draw.line([(centre, top), end], fill=255, width=width)
+    if rng.random() < 0.35:
+        half = height * rng.uniform(0.15, 0.3)
+        draw.line([(centre - half, bottom), (centre + half, bottom)], fill=255, width=width)
+    return image
 
 
 def augmented(
@@ -86,7 +116,11 @@ def augmented(
     """``copies`` random drawings of each 8x8 digit, as (N * copies, 48, 48, 3) inputs."""
     rng = np.random.default_rng(seed)
     frames = np.stack(
-        [augment(d, rng) for d in digits.reshape(-1, 8, 8) for _ in range(copies)]
+        [
+            augment(d, int(label), rng)
+            for d, label in zip(digits.reshape(-1, 8, 8), labels, strict=True)
+            for _ in range(copies)
+        ]
     )
     return np.repeat(frames[..., np.newaxis], 3, axis=-1), np.repeat(labels, copies)
 

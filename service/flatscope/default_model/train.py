@@ -91,7 +91,7 @@ def _printed_one(image, rng: np.random.Generator):
     from PIL import ImageDraw
 
     ink = np.asarray(image) > 100
-    rows, cols = np.flatnonzero(ink.any(axis=1)), np.flatnonzero(ink.any(axis=0))
+    rows = np.flatnonzero(ink.any(axis=1))
     if not rows.size:
         return image
     top, bottom = int(rows[0]), int(rows[-1])

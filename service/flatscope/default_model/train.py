@@ -54,9 +54,11 @@ def augment(digit: np.ndarray, label: int, rng: np.random.Generator) -> np.ndarr
     canvas.paste(image, (pad, pad))
     angle = np.deg2rad(rng.uniform(-12, 12))
     shear = rng.uniform(-0.25, 0.25)
-    # Wider than tall is how the 8x8 digits were drawn (each fills its box); written
-    # digits, a "1" above all, are often much narrower.
-    sx, sy = rng.uniform(0.4, 1.15), rng.uniform(0.85, 1.15)
+    # Each 8x8 digit fills its box; written and printed digits are narrower than that
+    # relative to their height (a "1" above all), or wider (a printed 4 or 6).
+    narrow = 0.4 if label == 1 else 0.6
+    sx = np.exp(rng.uniform(np.log(narrow), np.log(1.15 if label == 1 else 1.5)))
+    sy = rng.uniform(0.85, 1.15)
     matrix = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
     matrix = matrix @ np.array([[1.0, shear], [0.0, 1.0]]) @ np.diag([sx, sy])
     inverse = np.linalg.inv(matrix)

@@ -7,7 +7,7 @@ SERVER_STAMP := $(VENV)/.installed-server
 STAMP := $(VENV)/.installed-dev
 PYTHON ?= python3
 
-.PHONY: setup serve test lint protos train dashboard
+.PHONY: setup serve test lint protos train dashboard picture
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -52,3 +52,6 @@ dashboard: $(STAMP)  ## regenerate deploy/grafana/dashboards/flatscope.json
 
 train: $(STAMP)  ## retrain the embedded default model
 	$(BIN)/python -m flatscope.default_model.train
+
+picture: $(STAMP)  ## redraw docs/inspect.png: the embedded model inspecting examples/seven.png
+	$(BIN)/python docs/picture.py

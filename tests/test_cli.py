@@ -380,3 +380,36 @@ def test_make_serve_passes_port_host_and_more_flags():
     )
     # A shell's HOST or PORT variable is not taken for an address.
     assert dry_run(HOST="workstation", PORT="1") == ".venv/bin/flatscope serve"
+
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+def test_inspect_plot_draws_the_answer(server: ServerProcess, tmp_path: Path):
+    png, svg = tmp_path / "inspect.png", tmp_path / "inspect.svg"
+    image = str(EXAMPLES / "seven.png")
+    base = ["inspect", "--target", server.target, "--image", image]
+    drawn_png, drawn_svg, wrong = flatscope_all(
+        [*base, "--flat", "13", "--plot", str(png)],
+        [*base, "--at", "1,1,1", "--plot", str(svg)],
+        [*base, "--plot", str(tmp_path / "inspect.jpg")],
+    )
+    assert drawn_png.returncode == 0, drawn_png.stderr
+    assert f"wrote {png}: flat[13] <- source(0, 0, 13), Dense layer 'digit'" in drawn_png.stdout
+    with Image.open(png) as picture:
+        assert picture.format == "PNG"
+        assert picture.size == (1600, 1200)
+    assert drawn_svg.returncode == 0, drawn_svg.stderr
+    assert f"wrote {svg}: flat[801] <- source(1, 1, 1)" in drawn_svg.stdout
+    assert svg.read_text().lstrip().startswith("<?xml")
+    assert wrong.returncode == 1
+    assert_one_line_error(wrong.stderr, "flatscope: ", "inspect.jpg", ".png or .svg")
+
+
+@pytest.mark.parametrize(("name", "digit"), [("seven.png", 7), ("two.png", 2)])
+def test_predict_reads_the_example_images_as_the_readme_shows(
+    server: ServerProcess, name: str, digit: int
+):
+    result = flatscope("predict", "--target", server.target, "--image", str(EXAMPLES / name))
+    assert result.returncode == 0, result.stderr
+    assert re.search(rf"^class {digit} ", result.stdout, re.MULTILINE), result.stdout

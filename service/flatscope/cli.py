@@ -16,6 +16,7 @@ from pydantic import ValidationError
 
 from flatscope import logs
 from flatscope.errors import ConfigError, ModelLoadError, one_line
+from flatscope.images import FITS
 from flatscope.settings import Settings, accepted, choices
 
 DEFAULT_TARGET = "127.0.0.1:8500"
@@ -85,7 +86,19 @@ def _parser() -> argparse.ArgumentParser:
         if name in ("metadata", "health"):
             continue
         command.add_argument("--image", type=Path, help="an image file (default: random input)")
-        command.add_argument("--invert", action="store_true", help="flip dark and light in --image")
+        command.add_argument(
+            "--invert",
+            action="store_true",
+            help="flip dark and light in --image (default: a light border, i.e. a dark "
+            "digit on light paper, is flipped for you)",
+        )
+        command.add_argument(
+            "--fit",
+            choices=FITS,
+            help="digit: crop, scale and centre the digit in --image, as the embedded "
+            "model was trained; stretch: resize the whole picture (default: digit for "
+            "the embedded model, stretch for others)",
+        )
         command.add_argument("--seed", type=int, default=0, help="seed of the random input")
         if name == "inspect":
             command.add_argument("--layer", default="", help="Flatten layer (default: the one)")
@@ -105,6 +118,14 @@ def _parser() -> argparse.ArgumentParser:
                 metavar="I,J,K",
                 help="a source index in the order of the source axes, e.g. 1,1,1 for "
                 "(h, w, c), to find in the flat vector (repeatable)",
+            )
+            command.add_argument(
+                "--plot",
+                type=Path,
+                metavar="FILE",
+                help="also draw a picture of the answer into FILE (.png or .svg): the "
+                "feature map, the flat vector, the first --flat or --at index (default: "
+                "the largest feature) and the next Dense layer's weights; needs matplotlib",
             )
     return parser
 
@@ -231,11 +252,15 @@ def _client(args: argparse.Namespace):
 
 
 def _example(args: argparse.Namespace, client) -> np.ndarray:
-    shape = tuple(client.metadata().inputs[0].shape[1:])
+    meta = client.metadata()
+    shape = tuple(meta.inputs[0].shape[1:])
     if args.image:
         from flatscope.images import load_image
 
-        return load_image(args.image, shape, invert=args.invert)[np.newaxis]
+        fit = args.fit or ("digit" if meta.source.startswith("embedded:") else "stretch")
+        return load_image(args.image, shape, invert=True if args.invert else None, fit=fit)[
+            np.newaxis
+        ]
     return np.random.default_rng(args.seed).random((1, *shape), dtype=np.float32)
 
 
@@ -253,7 +278,7 @@ def _rpc(fn):
         except grpc.RpcError as exc:
             print(f"flatscope: {exc.code().name}: {exc.details()}", file=sys.stderr)
             return 1
-        except (OSError, ValueError, IndexError) as exc:
+        except (OSError, ValueError, IndexError, ImportError) as exc:
             print(f"flatscope: {exc}", file=sys.stderr)
             return 1
         return code or 0
@@ -275,7 +300,10 @@ def _predict(args: argparse.Namespace) -> None:
 @_rpc
 def _inspect(args: argparse.Namespace) -> None:
     with _client(args) as client:
-        result = client.inspect(_example(args, client), layer=args.layer, include_source=True)
+        inputs = _example(args, client)
+        result = client.inspect(
+            inputs, layer=args.layer, include_source=True, include_dense_kernel=bool(args.plot)
+        )
     layout = result.layout
     names = ", ".join(layout.axis_names)
     # Every index is checked before anything is printed.
@@ -305,6 +333,15 @@ def _inspect(args: argparse.Namespace) -> None:
     for line in lines:
         print(line)
     print(f"prediction: class {result.classes[0]}")
+    if args.plot:
+        from flatscope.plot import plot_inspect
+
+        chosen = [*args.flat, *(layout.flat_index(index) for index in args.at)]
+        picture = plot_inspect(result, inputs, args.plot, chosen[0] if chosen else None)
+        print(
+            f"wrote {args.plot}: flat[{picture.flat_index}] <- source{picture.source_index}"
+            + (f", Dense layer '{picture.dense_layer}'" if picture.dense_layer else "")
+        )
 
 
 @_rpc

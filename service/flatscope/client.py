@@ -12,6 +12,9 @@ Example:
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import TYPE_CHECKING
+
 import grpc
 import numpy as np
 
@@ -21,6 +24,9 @@ from flatscope.results import InspectResult, Prediction
 from flatscope.settings import MiB
 from flatscope.v1 import model_service_pb2 as pb
 from flatscope.v1 import model_service_pb2_grpc
+
+if TYPE_CHECKING:
+    from flatscope.picture import Picture
 
 __all__ = ["Client", "InspectResult", "ModelDescription", "Prediction"]
 
@@ -84,8 +90,19 @@ class Client:
         include_source: bool = False,
         coordinate_start: int = 0,
         coordinate_count: int = 0,
+        include_dense_kernel: bool = False,
     ) -> InspectResult:
-        """Runs the model once and returns what its Flatten layer saw, with the layout."""
+        """Runs the model once and returns what its Flatten layer saw, with the layout.
+
+        Args:
+            inputs: A batch ``(N, *input_shape)`` of float32 inputs.
+            layer: The Flatten layer; empty for the model's only one.
+            include_source: Also return the tensor that entered the Flatten layer.
+            coordinate_start: First flat index to list the source index of.
+            coordinate_count: How many to list.
+            include_dense_kernel: Also return the kernel of the Dense layer after it
+                (``result.dense``), e.g. for :meth:`plot_inspect`.
+        """
         request = pb.InspectRequest(
             model_name=self.model_name,
             inputs=converters.to_tensor(inputs),
@@ -93,8 +110,32 @@ class Client:
             include_source=include_source,
             coordinate_start=coordinate_start,
             coordinate_count=coordinate_count,
+            include_dense_kernel=include_dense_kernel,
         )
         return converters.inspection(self._stub.Inspect(request, timeout=self._timeout))
+
+    def plot_inspect(
+        self,
+        inputs: np.ndarray,
+        path: Path | str,
+        *,
+        layer: str = "",
+        flat_index: int | None = None,
+    ) -> Picture:
+        """Inspects ``inputs`` and draws the answer into ``path`` (.png or .svg).
+
+        The picture shows example 0: its input, the feature map that entered the
+        Flatten layer, the flat vector, ``flat_index`` (default: the largest feature)
+        in both, and the next Dense layer's weights read back onto the feature map.
+        Needs matplotlib (``pip install 'flatscope[plot]'``).
+
+        Returns:
+            What was drawn (see :class:`flatscope.picture.Picture`).
+        """
+        from flatscope.plot import plot_inspect
+
+        result = self.inspect(inputs, layer=layer, include_source=True, include_dense_kernel=True)
+        return plot_inspect(result, inputs, Path(path), flat_index)
 
     def metadata(self) -> ModelDescription:
         """Describes the served model."""

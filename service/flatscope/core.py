@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import dataclasses
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
@@ -235,6 +236,7 @@ class ModelCore:
         coordinate_count: int = 0,
         deadline: float | None = None,
         model_version: str = "",
+        include_dense_kernel: bool = False,
     ) -> InspectResult:
         """Runs the model once and returns what its Flatten layer saw, with the layout.
 
@@ -249,10 +251,13 @@ class ModelCore:
         served = self._model(model_name, model_version)
         layout = self._layout(served, layer)
         self._check_coordinates(layout, coordinate_start, coordinate_count)
+        # A Flatten layer that feeds no Dense layer has no kernel to return: None.
+        dense = served.dense_kernels.get(layout.layer_name) if include_dense_kernel else None
         batch = self._batch(served, inputs)
-        return await self._inspect(
+        seen = await self._inspect(
             served, batch, layout, include_source, coordinate_start, coordinate_count, deadline
         )
+        return dataclasses.replace(seen, dense=dense) if dense is not None else seen
 
     async def _inspect(
         self,

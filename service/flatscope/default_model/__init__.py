@@ -1,7 +1,8 @@
 """The embedded default model: a small CNN that reads handwritten digits.
 
 It is trained by ``python -m flatscope.default_model.train`` on the 8x8 digits that
-scikit-learn ships (no download), scaled up to 48x48x3 as :func:`to_images` shows.
+scikit-learn ships (no download), scaled up and centred as :func:`to_images` shows, the
+way :func:`flatscope.images.load_image` prepares an image file.
 """
 
 from __future__ import annotations
@@ -27,12 +28,23 @@ def model_path() -> Path:
 def to_images(digits: np.ndarray) -> np.ndarray:
     """Scales scikit-learn's 8x8 digits (values 0..16, ink high) to (N, 48, 48, 3) in [0, 1].
 
-    Each pixel becomes a 6x6 block, repeated over three channels: a white digit on black.
+    Each digit is scaled up smoothly (bicubic, to 32x32), then cropped, scaled and
+    centred by :func:`flatscope.images.centre_digit`: a white digit on black, as
+    ``load_image`` makes of a picture file. The three channels are equal.
     """
-    scale = IMAGE_SIZE // 8
-    images = digits.reshape(-1, 8, 8).astype(np.float32) / 16.0
-    images = images.repeat(scale, axis=1).repeat(scale, axis=2)
-    return np.repeat(images[..., np.newaxis], 3, axis=-1)
+    return np.stack([from_8x8(d) for d in digits.reshape(-1, 8, 8)])
+
+
+def from_8x8(digit: np.ndarray, upscale: int = 32) -> np.ndarray:
+    """One 8x8 digit (values 0..16) as a (48, 48, 3) model input."""
+    from PIL import Image
+
+    from flatscope.images import centre_digit
+
+    pixels = Image.fromarray(np.asarray(digit, dtype=np.float32) / 16.0, mode="F")
+    smooth = np.asarray(pixels.resize((upscale, upscale), Image.Resampling.BICUBIC))
+    frame = centre_digit(np.clip(smooth, 0.0, 1.0), (IMAGE_SIZE, IMAGE_SIZE))
+    return np.repeat(frame[..., np.newaxis], 3, axis=-1)
 
 
 def digits_split() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -42,6 +54,12 @@ def digits_split() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         ``(x_train, y_train, x_test, y_test)``, images as :func:`to_images` makes them.
         Needs scikit-learn (a development dependency, not a serving one).
     """
+    raw_train, y_train, raw_test, y_test = raw_digits_split()
+    return to_images(raw_train), y_train, to_images(raw_test), y_test
+
+
+def raw_digits_split() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The split of :func:`digits_split` as scikit-learn's 8x8 digits, (N, 64) in 0..16."""
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
@@ -53,4 +71,4 @@ def digits_split() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         random_state=SPLIT_SEED,
         stratify=digits.target,
     )
-    return to_images(x_train), y_train, to_images(x_test), y_test
+    return x_train, y_train, x_test, y_test

@@ -14,7 +14,7 @@ from google.protobuf.message import Message
 from flatscope.errors import InvalidInputError, ResourceExhaustedError
 from flatscope.layout import FlattenLayout
 from flatscope.metadata import LayerRow, ModelDescription, TensorSpec
-from flatscope.results import InspectResult, Prediction
+from flatscope.results import DenseKernel, InspectResult, Prediction
 from flatscope.tensors import DTYPES, TensorPayload
 from flatscope.v1 import model_service_pb2 as pb
 from flatscope.v1 import tensor_pb2
@@ -272,6 +272,9 @@ def inspect_response(
     fill_tensor(reply.outputs, result.outputs, encoding, payloads, "outputs")
     if result.source is not None:
         fill_tensor(reply.source, result.source, encoding, payloads, "source")
+    if result.dense is not None:
+        reply.dense_layer = result.dense.layer_name
+        fill_tensor(reply.dense_kernel, result.dense.kernel, encoding, payloads, "dense_kernel")
     return reply
 
 
@@ -288,6 +291,11 @@ def inspection(reply: pb.InspectResponse) -> InspectResult:
         layout=layout,
         coordinate_start=start,
         coordinates=coordinates,
+        dense=(
+            DenseKernel(reply.dense_layer, from_tensor(reply.dense_kernel))
+            if reply.HasField("dense_kernel")
+            else None
+        ),
     )
 
 

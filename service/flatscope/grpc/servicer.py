@@ -44,6 +44,7 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
             coordinate_start=request.coordinate_start,
             coordinate_count=request.coordinate_count,
             deadline=call_deadline(context),
+            include_dense_kernel=request.include_dense_kernel,
         )
         payloads = converters.Payloads(pb.InspectResponse)
         reply = converters.inspect_response(result, encoding, payloads)

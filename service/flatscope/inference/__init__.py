@@ -16,6 +16,7 @@ from flatscope.inference import model as keras_model
 from flatscope.inference.runner import CompiledModel, compile_model, configure_devices
 from flatscope.layout import FlattenLayout
 from flatscope.metadata import ModelDescription
+from flatscope.results import DenseKernel
 
 __all__ = ["ServedModel", "load_served_model"]
 
@@ -24,11 +25,16 @@ log = logging.getLogger(__name__)
 
 @dataclasses.dataclass(frozen=True)
 class ServedModel:
-    """A loaded, compiled and warmed-up model with everything the core needs to know."""
+    """A loaded, compiled and warmed-up model with everything the core needs to know.
+
+    ``dense_kernels`` holds, by Flatten layer name, the kernel of the Dense layer that
+    reads that Flatten layer's output, for the Flatten layers that feed one.
+    """
 
     runner: CompiledModel
     description: ModelDescription
     layouts: dict[str, FlattenLayout]
+    dense_kernels: dict[str, DenseKernel] = dataclasses.field(default_factory=dict)
 
     @property
     def example_shape(self) -> tuple[int, ...]:
@@ -68,6 +74,7 @@ def load_served_model(
     model, source = keras_model.load(path)
     flattens = keras_model.flatten_layers(model)
     layouts = {layer.name: keras_model.layout_of(layer) for layer in flattens}
+    kernels = {layer.name: keras_model.dense_after(model, layer) for layer in flattens}
     try:
         runner = compile_model(model, flattens, device, max_batch_size)
         description = dataclasses.replace(
@@ -76,7 +83,12 @@ def load_served_model(
             max_batch_size=max_batch_size,
             labels=default_model.LABELS if path is None else (),
         )
-        served = ServedModel(runner=runner, description=description, layouts=layouts)
+        served = ServedModel(
+            runner=runner,
+            description=description,
+            layouts=layouts,
+            dense_kernels={name: k for name, k in kernels.items() if k is not None},
+        )
         _warm_up(served)
     except ModelLoadError:
         raise

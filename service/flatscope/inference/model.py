@@ -8,12 +8,14 @@ import zipfile
 from pathlib import Path
 
 import keras
+import numpy as np
 
 from flatscope import default_model
 from flatscope.errors import ModelLoadError, one_line
 from flatscope.inference.archive import check_archive, check_hdf5
 from flatscope.layout import FlattenLayout, flatten_layout
 from flatscope.metadata import LayerRow, ModelDescription, TensorSpec
+from flatscope.results import DenseKernel
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +109,21 @@ def check_format(file: Path) -> None:
 def flatten_layers(model: keras.Model) -> list[keras.layers.Flatten]:
     """The model's top-level Flatten layers, in layer order."""
     return [layer for layer in model.layers if isinstance(layer, keras.layers.Flatten)]
+
+
+def dense_after(model: keras.Model, flatten: keras.layers.Flatten) -> DenseKernel | None:
+    """The kernel of the Dense layer that reads ``flatten``'s output directly, if one does."""
+    for layer in model.layers:
+        if not isinstance(layer, keras.layers.Dense):
+            continue
+        # As in _producer_data_format: the call nodes are where Keras keeps the graph.
+        for node in getattr(layer, "_inbound_nodes", ()):
+            for tensor in node.input_tensors:
+                history = getattr(tensor, "_keras_history", None)
+                if history is not None and history.operation is flatten:
+                    kernel = keras.ops.convert_to_numpy(layer.kernel).astype(np.float32)
+                    return DenseKernel(layer_name=layer.name, kernel=kernel)
+    return None
 
 
 def layout_of(layer: keras.layers.Flatten) -> FlattenLayout:

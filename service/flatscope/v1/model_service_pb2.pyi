@@ -30,7 +30,7 @@ class PredictResponse(_message.Message):
     def __init__(self, model_name: _Optional[str] = ..., model_version: _Optional[str] = ..., outputs: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., classes: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class InspectRequest(_message.Message):
-    __slots__ = ("model_name", "inputs", "layer", "include_source", "coordinate_start", "coordinate_count", "output_encoding")
+    __slots__ = ("model_name", "inputs", "layer", "include_source", "coordinate_start", "coordinate_count", "output_encoding", "include_dense_kernel")
     MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
     INPUTS_FIELD_NUMBER: _ClassVar[int]
     LAYER_FIELD_NUMBER: _ClassVar[int]
@@ -38,6 +38,7 @@ class InspectRequest(_message.Message):
     COORDINATE_START_FIELD_NUMBER: _ClassVar[int]
     COORDINATE_COUNT_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_ENCODING_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_DENSE_KERNEL_FIELD_NUMBER: _ClassVar[int]
     model_name: str
     inputs: _tensor_pb2.Tensor
     layer: str
@@ -45,10 +46,11 @@ class InspectRequest(_message.Message):
     coordinate_start: int
     coordinate_count: int
     output_encoding: _tensor_pb2.TensorEncoding
-    def __init__(self, model_name: _Optional[str] = ..., inputs: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., layer: _Optional[str] = ..., include_source: bool = ..., coordinate_start: _Optional[int] = ..., coordinate_count: _Optional[int] = ..., output_encoding: _Optional[_Union[_tensor_pb2.TensorEncoding, str]] = ...) -> None: ...
+    include_dense_kernel: bool
+    def __init__(self, model_name: _Optional[str] = ..., inputs: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., layer: _Optional[str] = ..., include_source: bool = ..., coordinate_start: _Optional[int] = ..., coordinate_count: _Optional[int] = ..., output_encoding: _Optional[_Union[_tensor_pb2.TensorEncoding, str]] = ..., include_dense_kernel: bool = ...) -> None: ...
 
 class InspectResponse(_message.Message):
-    __slots__ = ("model_name", "model_version", "flattened", "source", "outputs", "layout", "classes")
+    __slots__ = ("model_name", "model_version", "flattened", "source", "outputs", "layout", "classes", "dense_kernel", "dense_layer")
     MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     FLATTENED_FIELD_NUMBER: _ClassVar[int]
@@ -56,6 +58,8 @@ class InspectResponse(_message.Message):
     OUTPUTS_FIELD_NUMBER: _ClassVar[int]
     LAYOUT_FIELD_NUMBER: _ClassVar[int]
     CLASSES_FIELD_NUMBER: _ClassVar[int]
+    DENSE_KERNEL_FIELD_NUMBER: _ClassVar[int]
+    DENSE_LAYER_FIELD_NUMBER: _ClassVar[int]
     model_name: str
     model_version: str
     flattened: _tensor_pb2.Tensor
@@ -63,7 +67,9 @@ class InspectResponse(_message.Message):
     outputs: _tensor_pb2.Tensor
     layout: FlattenLayout
     classes: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, model_name: _Optional[str] = ..., model_version: _Optional[str] = ..., flattened: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., source: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., outputs: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., layout: _Optional[_Union[FlattenLayout, _Mapping]] = ..., classes: _Optional[_Iterable[int]] = ...) -> None: ...
+    dense_kernel: _tensor_pb2.Tensor
+    dense_layer: str
+    def __init__(self, model_name: _Optional[str] = ..., model_version: _Optional[str] = ..., flattened: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., source: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., outputs: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., layout: _Optional[_Union[FlattenLayout, _Mapping]] = ..., classes: _Optional[_Iterable[int]] = ..., dense_kernel: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., dense_layer: _Optional[str] = ...) -> None: ...
 
 class FlattenLayout(_message.Message):
     __slots__ = ("layer_name", "data_format", "source_shape", "axis_names", "strides", "flat_size", "formula", "coordinates", "flat_order", "source_data_format", "note")

@@ -362,7 +362,7 @@ def test_make_serve_passes_port_host_and_more_flags():
     def dry_run(*args: str, **env: str) -> str:
         # -n prints the command; -o: the venv counts as made, whatever is on this machine.
         result = subprocess.run(
-            ["make", "-n", "-o", ".venv/.installed-stamp", "serve", *args],
+            ["make", "-n", "-o", ".venv/.installed-server", "serve", *args],
             cwd=Path(__file__).resolve().parent.parent,
             capture_output=True,
             text=True,

@@ -42,6 +42,6 @@ python3 -m venv "$venv"
 # $extra is empty or one word: unquoted on purpose, so that empty adds no argument.
 # shellcheck disable=SC2086
 "$venv/bin/python" -m pip install --disable-pip-version-check \
-  --constraint "$here/constraints.txt" "$wheel[server]" $extra
+  --constraint "$here/constraints.txt" "${wheel}[server]" $extra
 "$venv/bin/python" -m pip check
 "$venv/bin/flatscope" --help >/dev/null

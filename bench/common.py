@@ -40,8 +40,8 @@ class Running:
 
 
 def flatscope(*flags: str) -> list[str]:
-    """The command line of ``flatscope serve --port 0 FLAGS``."""
-    return [sys.executable, "-m", "flatscope", "serve", "--port", "0", *flags]
+    """The command line of ``flatscope serve --port 0 --http-port 0 FLAGS``."""
+    return [sys.executable, "-m", "flatscope", "serve", "--port", "0", "--http-port", "0", *flags]
 
 
 @contextlib.contextmanager

@@ -60,8 +60,9 @@ class ServerThread:
 
 
 def settings(**overrides) -> Settings:
-    """Settings for a test server: loopback, any free port."""
-    return Settings(**{"host": "127.0.0.1", "port": 0, "metrics_port": 0, **overrides})
+    """Settings for a test server: loopback, any free port, no HTTP unless asked for."""
+    defaults = {"host": "127.0.0.1", "port": 0, "metrics_port": 0, "http_port": 0}
+    return Settings(**{**defaults, **overrides})
 
 
 @pytest.fixture(scope="session")

@@ -10,7 +10,7 @@ import functools
 import numpy as np
 from google.protobuf.message import Message
 
-from flatscope.errors import InvalidInputError, ResourceExhaustedError
+from flatscope.errors import InvalidInputError, reply_too_large
 from flatscope.layout import FlattenLayout
 from flatscope.metadata import LayerRow, ModelDescription, TensorSpec
 from flatscope.results import InspectResult, Prediction
@@ -73,10 +73,7 @@ def encoded(
     data = reply.SerializeToString()
     size = len(data) + (payloads.size if payloads is not None else 0)
     if size > limit:
-        raise ResourceExhaustedError(
-            f"the reply would be {size} bytes, above this server's limit of {limit} "
-            f"(--max-send-message-bytes); {ask_for_less}"
-        )
+        raise reply_too_large(size, limit, ask_for_less)
     if payloads is None or not payloads.parts:
         return data
     return b"".join((data, *payloads.parts))

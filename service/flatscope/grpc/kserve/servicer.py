@@ -18,9 +18,8 @@ from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc
 
 import flatscope
-from flatscope.errors import FlatscopeError, NotFoundError
+from flatscope.errors import FlatscopeError, NotFoundError, status_message
 from flatscope.grpc import converters as common
-from flatscope.grpc.interceptors import status_message
 from flatscope.grpc.kserve import converters
 from flatscope.grpc.methods import PartialServicer
 from flatscope.grpc.servicer import call_deadline

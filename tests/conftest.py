@@ -9,6 +9,7 @@ from pathlib import Path
 
 import keras
 import pytest
+from processes import ServerProcess
 from prometheus_client import CollectorRegistry
 
 from flatscope.client import Client
@@ -71,6 +72,15 @@ def default_server() -> Iterator[ServerThread]:
     server = ServerThread(settings(max_batch_size=256)).load_model()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def rest_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """A ``flatscope serve`` process with gRPC and HTTP on (answers compare on one model),
+    and /metrics; shared by the REST tests."""
+    log = tmp_path_factory.mktemp("rest") / "serve.log"
+    with ServerProcess(log, http=True, metrics=True).serving() as server:
+        yield server
 
 
 @pytest.fixture()

@@ -14,7 +14,7 @@ import pytest
 import requests
 import tritonclient.grpc as triton_grpc
 import tritonclient.http as triton_http
-from conftest import images
+from payloads import images
 from processes import ServerProcess
 from tritonclient.utils import InferenceServerException
 

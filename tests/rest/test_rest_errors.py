@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import requests
 import tritonclient.grpc as triton_grpc
-from conftest import images
+from payloads import images
 from processes import ServerProcess
 from tritonclient.utils import InferenceServerException
 

@@ -55,7 +55,8 @@ def server_process(command: list[str], timeout: float = 120.0) -> Iterator[Runni
             deadline = time.monotonic() + timeout
             while True:
                 text = log.read_text()
-                found = re.search(r"listening on (127\.0\.0\.1:\d+)", text)
+                # The gRPC port (a server logs its HTTP port too, first).
+                found = re.search(r"listening on (127\.0\.0\.1:\d+)(?![\d ]*\(HTTP)", text)
                 if found and "serving model" in text:
                     break
                 if process.poll() is not None or time.monotonic() > deadline:

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import json
 from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
 
 from flatscope.admission import Admission, Draining, Ticket
+from flatscope.http import jsonio
 from flatscope.http.errors import BodyTooLarge, NotJson, ReceiveTimeout
 
 TICKET = web.RequestKey("ticket", Ticket)
@@ -118,8 +118,8 @@ async def parse_json(data: bytes | memoryview, expected: str) -> dict[str, Any]:
 
 def _loads(data: bytes | memoryview, expected: str) -> Any:
     try:
-        return json.loads(bytes(data))
-    except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError is a ValueError
+        return jsonio.loads(data)
+    except ValueError as exc:  # orjson.JSONDecodeError is one
         raise NotJson(f"the request body is not JSON ({exc}); expected {expected}") from None
 
 

@@ -6,7 +6,6 @@ The body is ``{"error": message}``, as KServe v2 REST, Triton and TF Serving RES
 
 from __future__ import annotations
 
-import json
 import logging
 
 from aiohttp import web
@@ -18,6 +17,7 @@ from flatscope.errors import (
     InvalidInputError,
     ResourceExhaustedError,
 )
+from flatscope.http import jsonio
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ def status_of(exc: FlatscopeError) -> int:
 def error_response(status: int, message: str) -> web.Response:
     """``{"error": message}`` with ``status``."""
     return web.Response(
-        status=status, body=json.dumps({"error": message}), content_type="application/json"
+        status=status, body=jsonio.dumps({"error": message}), content_type="application/json"
     )
 
 

@@ -20,6 +20,7 @@ import numpy as np
 from aiohttp import web
 
 from flatscope.errors import InvalidInputError
+from flatscope.http import jsonio
 from flatscope.http.bodies import OFF_LOOP_ELEMENTS, off_loop, parse_json, read_body
 from flatscope.http.serving import SERVING, answer, check_reply_size
 from flatscope.layout import FlattenLayout
@@ -62,7 +63,7 @@ async def layout(request: web.Request) -> web.Response:
     start, count = _int(query, "coordinate_start"), _int(query, "coordinate_count")
     if start or count:
         body["coordinate_start"] = start
-        body["coordinates"] = core.coordinates(found, start, count).tolist()
+        body["coordinates"] = core.coordinates(found, start, count)
     return answer(body)
 
 
@@ -133,8 +134,7 @@ async def _json(serving, reply: dict[str, Any]) -> web.Response:
 
 
 def _dumps(reply: dict[str, Any]) -> bytes:
-    plain = {k: v.tolist() if isinstance(v, np.ndarray) else v for k, v in reply.items()}
-    return json.dumps(plain, separators=(",", ":")).encode()
+    return jsonio.dumps(reply)
 
 
 def _inputs(body: dict[str, Any]) -> TensorPayload:

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from flatscope.errors import InvalidInputError
+from flatscope.http import jsonio
 from flatscope.open_inference import (
     BYTES,
     CLASSIFICATION,
@@ -204,9 +205,9 @@ def infer_response(
         elif count:
             output["data"] = [item.decode() for item in array.ravel()]
         else:
-            output["data"] = array.ravel().tolist()
+            output["data"] = array.ravel()
         outputs.append(output)
-    return json.dumps(reply, separators=(",", ":")).encode(), parts
+    return jsonio.dumps(reply), parts
 
 
 def _parameters(what: str, message: dict[str, Any]) -> dict[str, Any]:

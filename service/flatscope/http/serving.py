@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 from typing import Any
 
 from aiohttp import web
 
 from flatscope.core import ModelCore
 from flatscope.errors import reply_too_large
+from flatscope.http import jsonio
 from flatscope.http.bodies import BodyLimits
 
 
@@ -35,9 +35,7 @@ SERVING = web.AppKey("serving", Serving)
 
 def answer(body: Any, status: int = 200) -> web.Response:
     """``body`` as a compact JSON answer."""
-    return web.Response(
-        status=status, body=json.dumps(body, separators=(",", ":")), content_type="application/json"
-    )
+    return web.Response(status=status, body=jsonio.dumps(body), content_type="application/json")
 
 
 def check_reply_size(size: int, serving: Serving, ask_for_less: str) -> None:

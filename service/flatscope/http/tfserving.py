@@ -10,13 +10,13 @@ gRPC (see :mod:`flatscope.tfserving_signatures`).
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import numpy as np
 from aiohttp import web
 
 from flatscope.errors import InvalidInputError
+from flatscope.http import jsonio
 from flatscope.http.bodies import OFF_LOOP_ELEMENTS, off_loop, parse_json, read_body
 from flatscope.http.serving import SERVING, answer, check_reply_size
 from flatscope.metadata import ModelDescription, TensorSpec
@@ -130,19 +130,21 @@ def predict_inputs(
 
 def predict_answer(result: NamedResult, rows: bool) -> bytes:
     """The JSON answer: ``predictions`` for the row format, else ``outputs``."""
-    arrays = {name: np.asarray(array, dtype=np.float32) for name, array in result.outputs.items()}
+    arrays = {
+        name: np.ascontiguousarray(array, dtype=np.float32)
+        for name, array in result.outputs.items()
+    }
     if rows:
         count = len(next(iter(arrays.values())))
         if len(arrays) == 1:
-            body: Any = {"predictions": next(iter(arrays.values())).tolist()}
+            body: Any = {"predictions": next(iter(arrays.values()))}
         else:
-            lists = {name: array.tolist() for name, array in arrays.items()}
-            body = {"predictions": [{n: v[k] for n, v in lists.items()} for k in range(count)]}
+            body = {"predictions": [{n: v[k] for n, v in arrays.items()} for k in range(count)]}
     elif len(arrays) == 1:
-        body = {"outputs": next(iter(arrays.values())).tolist()}
+        body = {"outputs": next(iter(arrays.values()))}
     else:
-        body = {"outputs": {name: array.tolist() for name, array in arrays.items()}}
-    return json.dumps(body, separators=(",", ":")).encode()
+        body = {"outputs": arrays}
+    return jsonio.dumps(body)
 
 
 def metadata(description: ModelDescription, signature: Signature) -> dict[str, Any]:

@@ -198,3 +198,7 @@ def test_declared_lengths_are_charged_to_the_memory_budget_before_the_body(
             break
         time.sleep(0.2)
     assert reply.ok, reply.text
+    # The uploads that left are counted as such (499), and logged as nothing worse.
+    gone = {"route": "/v1/models/{name}:predict", "method": "POST", "code": "499"}
+    assert rest_server.metric("flatscope_http_requests_total", gone) >= len(stalled) - 1
+    assert "Traceback" not in rest_server.log()

@@ -24,6 +24,7 @@ from flatscope.settings import Settings
 log = logging.getLogger(__name__)
 
 UNMATCHED = "unmatched"
+CLIENT_GONE = 499  # the client left before its answer (nginx's code for it)
 
 
 class HttpServer:
@@ -120,15 +121,22 @@ class HttpServer:
             except web.HTTPException as exc:
                 response = http_error(exc)
             except asyncio.CancelledError:
-                status = 499  # the client went away (nginx's code for it)
+                status = CLIENT_GONE
                 raise
+            except ConnectionError:  # the client left while its body was arriving
+                status = CLIENT_GONE
+                self._dropped("cancelled")
+                return web.Response(status=CLIENT_GONE)  # aiohttp drops it quietly
             except Exception:
                 log.exception("%s %s failed", request.method, route)
                 response = error_response(500, INTERNAL)
             status = response.status
             # Written here, so that the call's bytes stay counted until they are sent.
-            await response.prepare(request)
-            await response.write_eof()
+            try:
+                await response.prepare(request)
+                await response.write_eof()
+            except ConnectionError:  # the client left before its answer
+                status = CLIENT_GONE
             return response
         finally:
             ticket = request.get(TICKET)

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -29,7 +28,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import cpu_seconds, drive, flatscope, free_port, server_process, summary  # noqa: E402
+from common import cpu_seconds, drive, flatscope, free_port, print_medians, server_process, summary  # noqa: E402
 from tritonclient.grpc import service_pb2 as kserve_pb  # noqa: E402
 from tritonclient.grpc.service_pb2_grpc import GRPCInferenceServiceStub  # noqa: E402
 
@@ -130,28 +129,8 @@ def main() -> None:
                         (*summary(latencies, args.seconds), cpu_ms)
                     )
 
-    median = {
-        key: tuple(statistics.median(r[i] for r in rounds) for i in range(4))
-        for key, rounds in results.items()
-    }
     print(f"batch {args.batch}, {args.rounds} rounds of {args.seconds:g} s per cell")
-    print(
-        f"{'protocol':<12} {'conc':>4} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'cpu ms/req':>10}"
-    )
-    for concurrency in args.concurrency:
-        for protocol in PROTOCOLS:
-            rps, p50, p99, cpu = median[(protocol, concurrency)]
-            print(
-                f"{protocol:<12} {concurrency:>4} {rps:>8.0f} {p50:>8.2f} {p99:>8.2f} {cpu:>10.2f}"
-            )
-    for concurrency in args.concurrency:
-        own_rps, own_p50, _, own_cpu = median[("grpc", concurrency)]
-        for protocol in PROTOCOLS[1:]:
-            rps, p50, _, cpu = median[(protocol, concurrency)]
-            print(
-                f"concurrency {concurrency}: {protocol}/grpc throughput = {rps / own_rps:.3f}, "
-                f"p50 = {p50 / own_p50:.3f}, server CPU per request = {cpu / own_cpu:.3f}"
-            )
+    print_medians(results, PROTOCOLS, args.concurrency)
 
 
 if __name__ == "__main__":

@@ -96,7 +96,7 @@ def test_errors_carry_grpc_messages_and_mapped_codes(rest_server: ServerProcess)
                     {"name": "image", "datatype": "FP32", "shape": [1, 2], "data": [[1], [2, 3]]}
                 ]
             },
-            "'data' that is not a list of numbers",
+            "the 'data' of input 'image' is not a list of numbers",
         ),
         # JSON has no NaN: Python's json writes JavaScript's literal, which is refused.
         (kserve_json(np.full((1, 48, 48, 3), np.nan, np.float32)), "the request body is not JSON"),

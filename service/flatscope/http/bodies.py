@@ -13,9 +13,11 @@ import dataclasses
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 from aiohttp import web
 
 from flatscope.admission import Admission, Draining, Ticket
+from flatscope.errors import InvalidInputError
 from flatscope.http import jsonio
 from flatscope.http.errors import BodyTooLarge, NotJson, ReceiveTimeout
 
@@ -121,6 +123,20 @@ def _loads(data: bytes | memoryview, expected: str) -> Any:
         return jsonio.loads(data)
     except ValueError as exc:  # orjson.JSONDecodeError is one
         raise NotJson(f"the request body is not JSON ({exc}); expected {expected}") from None
+
+
+def float_array(what: str, value: Any) -> np.ndarray:
+    """A JSON value (a number, or nested lists of numbers) as a float32 array.
+
+    Raises:
+        InvalidInputError: It is not numbers, or its lists are ragged.
+    """
+    try:
+        return np.asarray(value, dtype=np.float32)
+    except (ValueError, TypeError):
+        raise InvalidInputError(
+            f"{what} is not a list of numbers (nested lists must be rectangular)"
+        ) from None
 
 
 async def off_loop(large: bool, function: Callable[..., Any], *args: Any) -> Any:

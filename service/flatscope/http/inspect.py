@@ -21,7 +21,13 @@ from aiohttp import web
 
 from flatscope.errors import InvalidInputError
 from flatscope.http import jsonio
-from flatscope.http.bodies import OFF_LOOP_ELEMENTS, off_loop, parse_json, read_body
+from flatscope.http.bodies import (
+    OFF_LOOP_ELEMENTS,
+    float_array,
+    off_loop,
+    parse_json,
+    read_body,
+)
 from flatscope.http.serving import SERVING, answer, check_reply_size
 from flatscope.layout import FlattenLayout
 from flatscope.tensors import ACCEPTED_DTYPE, TensorPayload, Wording
@@ -141,13 +147,7 @@ def _inputs(body: dict[str, Any]) -> TensorPayload:
     value = body.get("inputs")
     if value is None:  # the core says what it expected
         return TensorPayload(ACCEPTED_DTYPE, (), wording=WORDING)
-    try:
-        array = np.asarray(value, dtype=np.float32)
-    except (ValueError, TypeError):
-        raise InvalidInputError(
-            "'inputs' is not a list of numbers (nested lists must be rectangular); "
-            "expected shape (batch, *input shape)"
-        ) from None
+    array = float_array("'inputs'", value)
     return TensorPayload(ACCEPTED_DTYPE, array.shape, b"", array.reshape(-1), WORDING)
 
 

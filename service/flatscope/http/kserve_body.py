@@ -18,6 +18,7 @@ import numpy as np
 
 from flatscope.errors import InvalidInputError
 from flatscope.http import jsonio
+from flatscope.http.bodies import float_array
 from flatscope.open_inference import (
     BYTES,
     CLASSIFICATION,
@@ -223,13 +224,7 @@ def _values(what: str, data: Any) -> np.ndarray:
             f"{what} has neither 'data' nor a {BINARY_SIZE} parameter; send its values "
             "in one of them"
         )
-    try:
-        values = np.asarray(data, dtype=np.float32)
-    except (ValueError, TypeError):
-        raise InvalidInputError(
-            f"{what} has 'data' that is not a list of numbers (nested lists must be rectangular)"
-        ) from None
-    return values.reshape(-1)
+    return float_array(f"the 'data' of {what}", data).reshape(-1)
 
 
 def _kind(value: Any) -> str:

@@ -17,7 +17,13 @@ from aiohttp import web
 
 from flatscope.errors import InvalidInputError
 from flatscope.http import jsonio
-from flatscope.http.bodies import OFF_LOOP_ELEMENTS, off_loop, parse_json, read_body
+from flatscope.http.bodies import (
+    OFF_LOOP_ELEMENTS,
+    float_array,
+    off_loop,
+    parse_json,
+    read_body,
+)
 from flatscope.http.serving import SERVING, answer, check_reply_size
 from flatscope.metadata import ModelDescription, TensorSpec
 from flatscope.signature import NamedResult, Signature
@@ -180,12 +186,7 @@ def _tensor_info(spec: TensorSpec) -> dict[str, Any]:
 
 
 def _tensor(name: str, value: Any) -> TensorPayload:
-    try:
-        array = np.asarray(value, dtype=np.float32)
-    except (ValueError, TypeError):
-        raise InvalidInputError(
-            f"input '{name}' is not a list of numbers (nested lists must be rectangular)"
-        ) from None
+    array = float_array(f"input '{name}'", value)
     return TensorPayload(ACCEPTED_DTYPE, array.shape, b"", array.reshape(-1), WORDING)
 
 

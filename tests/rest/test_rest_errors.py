@@ -202,3 +202,16 @@ def test_declared_lengths_are_charged_to_the_memory_budget_before_the_body(
     gone = {"route": "/v1/models/{name}:predict", "method": "POST", "code": "499"}
     assert rest_server.metric("flatscope_http_requests_total", gone) >= len(stalled) - 1
     assert "Traceback" not in rest_server.log()
+
+
+def test_a_body_that_stalls_ends_with_408_after_the_receive_timeout(rest_server):
+    start = time.monotonic()
+    with raw_request(rest_server.http_port, "/v2/models/digits/infer", 1000) as sock:
+        sock.sendall(b'{"inputs": [')
+        status, body = read_reply(sock)
+    assert status == 408
+    assert "did not arrive within 10 s (--receive-timeout)" in body["error"]
+    assert 9 < time.monotonic() - start < 30
+    assert (
+        rest_server.metric("flatscope_requests_dropped_total", {"reason": "receive_timeout"}) >= 1
+    )

@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)  ## create .venv with the server and the test tools
 
-serve: $(STAMP)  ## start the server on the embedded default model (127.0.0.1:8500)
+serve: $(STAMP)  ## start the server on the embedded default model (gRPC 127.0.0.1:8500, HTTP :8501)
 	$(BIN)/flatscope serve
 
 # The whole suite on TensorFlow (Keras' default backend), then the layout and

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 from aiohttp import web
@@ -22,6 +22,7 @@ from flatscope.http import jsonio
 from flatscope.http.errors import BodyTooLarge, NotJson, ReceiveTimeout
 
 TICKET = web.RequestKey("ticket", Ticket)
+T = TypeVar("T")
 # Bodies above this are parsed, and replies of more elements encoded, off the event loop.
 OFF_LOOP_BYTES = 1024 * 1024
 OFF_LOOP_ELEMENTS = 64 * 1024
@@ -102,27 +103,31 @@ def _check_size(size: int, limit: int, verb: str) -> None:
         )
 
 
-async def parse_json(data: bytes | memoryview, expected: str) -> dict[str, Any]:
-    """``data`` parsed as a JSON object (off the event loop when large).
+async def parse_json(
+    data: bytes | memoryview, expected: str, read: Callable[[dict[str, Any]], T]
+) -> T:
+    """``read`` of ``data`` parsed as a JSON object; both off the event loop when large.
 
     Args:
         data: The bytes.
         expected: What the route expects, for the message ("a KServe v2 inference request").
+        read: Turns the object into what the route needs (its tensors as arrays).
 
     Raises:
         NotJson: It is not JSON, or not an object.
+        InvalidInputError: What ``read`` raises.
     """
-    parsed = await off_loop(len(data) > OFF_LOOP_BYTES, _loads, data, expected)
-    if not isinstance(parsed, dict):
-        raise NotJson(f"the request body is JSON but not an object; expected {expected}")
-    return parsed
+    return await off_loop(len(data) > OFF_LOOP_BYTES, _parse, data, expected, read)
 
 
-def _loads(data: bytes | memoryview, expected: str) -> Any:
+def _parse(data: bytes | memoryview, expected: str, read: Callable[[dict[str, Any]], T]) -> T:
     try:
-        return jsonio.loads(data)
+        parsed = jsonio.loads(data)
     except ValueError as exc:  # orjson.JSONDecodeError is one
         raise NotJson(f"the request body is not JSON ({exc}); expected {expected}") from None
+    if not isinstance(parsed, dict):
+        raise NotJson(f"the request body is JSON but not an object; expected {expected}")
+    return read(parsed)
 
 
 def float_array(what: str, value: Any) -> np.ndarray:

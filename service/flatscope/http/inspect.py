@@ -76,10 +76,12 @@ async def layout(request: web.Request) -> web.Response:
 @ROUTES.post(MODEL + ":inspect")
 async def inspect(request: web.Request) -> web.Response:
     serving = request.app[SERVING]
-    body = await parse_json(await read_body(request, serving.limits), EXPECTED)
+    body, inputs = await parse_json(
+        await read_body(request, serving.limits), EXPECTED, lambda body: (body, _inputs(body))
+    )
     result = await serving.core.inspect(
         request.match_info["name"],
-        _inputs(body),
+        inputs,
         layer=_field(body, "layer", str, ""),
         include_source=_field(body, "include_source", bool, False),
         coordinate_start=_field(body, "coordinate_start", int, 0),
@@ -105,8 +107,8 @@ async def inspect(request: web.Request) -> web.Response:
 @ROUTES.post(MODEL + ":predict")
 async def predict(request: web.Request) -> web.Response:
     serving = request.app[SERVING]
-    body = await parse_json(await read_body(request, serving.limits), EXPECTED)
-    result = await serving.core.predict(request.match_info["name"], _inputs(body))
+    inputs = await parse_json(await read_body(request, serving.limits), EXPECTED, _inputs)
+    result = await serving.core.predict(request.match_info["name"], inputs)
     reply = {
         "model_name": result.model_name,
         "model_version": result.model_version,

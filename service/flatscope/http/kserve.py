@@ -70,7 +70,9 @@ async def infer(request: web.Request) -> web.Response:
     name, version = _addressed(request)
     body = await read_body(request, serving.limits)
     header, binary = kserve_body.split(body, request.headers.get(kserve_body.HEADER_LENGTH))
-    parsed = kserve_body.infer_request(await parse_json(header, kserve_body.EXPECTED), binary)
+    parsed = await parse_json(
+        header, kserve_body.EXPECTED, lambda body: kserve_body.infer_request(body, binary)
+    )
     result = await core.infer(name, parsed.inputs, list(parsed.outputs), version)
     labels = {core.signature(result.model_name).prediction.spec.name: core.metadata("").labels}
     size = sum(array.size for array in result.outputs.values())

@@ -82,13 +82,16 @@ async def predict(request: web.Request) -> web.Response:
     serving = request.app[SERVING]
     core = serving.core
     name, version = _addressed(request)
-    body = await parse_json(await read_body(request, serving.limits), EXPECTED)
     signature = core.signature(name, version)
+    body, (rows, inputs) = await parse_json(
+        await read_body(request, serving.limits),
+        EXPECTED,
+        lambda body: (body, predict_inputs(body, signature)),
+    )
     signature_name = body.get("signature_name", "")
     if not isinstance(signature_name, str):
         raise InvalidInputError("'signature_name' is not a string; expected a signature's name")
     outputs = [output.spec.name for output in signature_outputs(signature, signature_name)]
-    rows, inputs = predict_inputs(body, signature)
     result = await core.infer(name, inputs, outputs, version)
     size = sum(array.size for array in result.outputs.values())
     data = await off_loop(size > OFF_LOOP_ELEMENTS, predict_answer, result, rows)

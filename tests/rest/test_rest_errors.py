@@ -121,9 +121,11 @@ def test_malformed_kserve_bodies_are_400(rest_server, body, message):
 
 def test_unknown_routes_and_methods_answer_json(rest_server: ServerProcess):
     reply = requests.get(rest_server.http_url + "/v3/nothing", timeout=TIMEOUT)
-    assert reply.status_code == 404 and "error" in reply.json()
+    assert reply.status_code == 404
+    assert reply.json()["error"].startswith("no route GET /v3/nothing; the APIs are")
     reply = requests.get(rest_server.http_url + "/v2/models/digits/infer", timeout=TIMEOUT)
     assert reply.status_code == 405 and "POST" in reply.headers["Allow"]
+    assert "GET is not allowed on /v2/models/digits/infer" in reply.json()["error"]
 
 
 def raw_request(port: int, path: str, length: int) -> socket.socket:

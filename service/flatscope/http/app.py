@@ -119,7 +119,7 @@ class HttpServer:
                 if not self.serving.ready:
                     response.force_close()
             except web.HTTPException as exc:
-                response = http_error(exc)
+                response = http_error(exc, request.method, request.path)
             except asyncio.CancelledError:
                 status = CLIENT_GONE
                 raise

@@ -65,11 +65,18 @@ def error_response(status: int, message: str) -> web.Response:
     )
 
 
-def http_error(exc: web.HTTPException) -> web.Response:
+def http_error(exc: web.HTTPException, method: str, path: str) -> web.Response:
     """aiohttp's own answers (no such route, method not allowed) as JSON errors."""
-    message = exc.text if exc.text and exc.text != f"{exc.status}: {exc.reason}" else exc.reason
+    if exc.status == 404:
+        message = (
+            f"no route {method} {path[:200]}; the APIs are KServe v2 under /v2, TF Serving "
+            "under /v1/models and flatscope's own under /flatscope/v1"
+        )
+    elif exc.status == 405:
+        message = f"{method} is not allowed on {path[:200]}; allowed: {exc.headers.get('Allow')}"
+    else:
+        message = exc.reason
     response = error_response(exc.status, message)
-    for header in ("Allow",):
-        if header in exc.headers:
-            response.headers[header] = exc.headers[header]
+    if "Allow" in exc.headers:
+        response.headers["Allow"] = exc.headers["Allow"]
     return response

@@ -3,7 +3,7 @@
 #
 #   docker build -t flatscope:0.1.0-gpu .                             GPU (the default)
 #   docker build --build-arg VARIANT=cpu -t flatscope:0.1.0-cpu .     CPU only, GBs smaller
-#   docker run --gpus all -p 8500:8500 -p 8502:8502 flatscope:0.1.0-gpu
+#   docker run --gpus all -p 8500:8500 -p 8501:8501 -p 8502:8502 flatscope:0.1.0-gpu
 #
 # The install steps are the scripts in deploy/docker/, which tests/deploy/test_image_recipe.py
 # also runs (into a fresh virtual environment, then starts the entry point below and asks it for
@@ -47,11 +47,12 @@ ENV PATH=/opt/flatscope/bin:$PATH \
     NVIDIA_DRIVER_CAPABILITIES=compute,utility \
     FLATSCOPE_HOST=0.0.0.0 \
     FLATSCOPE_PORT=8500 \
+    FLATSCOPE_HTTP_PORT=8501 \
     FLATSCOPE_METRICS_PORT=8502
 
 USER 10001:10001
 WORKDIR /home/flatscope
-EXPOSE 8500 8502
+EXPOSE 8500 8501 8502
 
 # grpc.health.v1: SERVING once the model is loaded and warmed up, NOT_SERVING while draining.
 # Through sh, so that a FLATSCOPE_PORT given to `docker run -e` is the port asked.

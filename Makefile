@@ -27,7 +27,7 @@ setup: $(STAMP)  ## create .venv with the server and the test tools
 # told; unset, its own defaults (127.0.0.1:8500, or FLATSCOPE_* variables) hold. PORT and
 # HOST count only from make's command line: a shell's own HOST (zsh sets it) is no address.
 given = $(if $(filter command line,$(origin $(1))),--$(2) $($(1)))
-serve: $(SERVER_STAMP)  ## start the server on the embedded default model (127.0.0.1:8500)
+serve: $(SERVER_STAMP)  ## start the server on the embedded default model (gRPC 127.0.0.1:8500, HTTP :8501)
 	$(BIN)/flatscope serve $(call given,HOST,host) $(call given,PORT,port) $(ARGS)
 
 # The whole suite on TensorFlow (Keras' default backend), then the layout and

@@ -40,8 +40,8 @@ class Running:
 
 
 def flatscope(*flags: str) -> list[str]:
-    """The command line of ``flatscope serve --port 0 FLAGS``."""
-    return [sys.executable, "-m", "flatscope", "serve", "--port", "0", *flags]
+    """The command line of ``flatscope serve --port 0 --http-port 0 FLAGS``."""
+    return [sys.executable, "-m", "flatscope", "serve", "--port", "0", "--http-port", "0", *flags]
 
 
 @contextlib.contextmanager
@@ -55,7 +55,8 @@ def server_process(command: list[str], timeout: float = 120.0) -> Iterator[Runni
             deadline = time.monotonic() + timeout
             while True:
                 text = log.read_text()
-                found = re.search(r"listening on (127\.0\.0\.1:\d+)", text)
+                # The gRPC port (a server logs its HTTP port too, first).
+                found = re.search(r"listening on (127\.0\.0\.1:\d+)(?![\d ]*\(HTTP)", text)
                 if found and "serving model" in text:
                     break
                 if process.poll() is not None or time.monotonic() > deadline:
@@ -131,3 +132,36 @@ def rss_bytes(pid: int) -> int:
     """Resident set size of a process, from /proc."""
     pages = int(Path(f"/proc/{pid}/statm").read_text().split()[1])
     return pages * os.sysconf("SC_PAGE_SIZE")
+
+
+def print_medians(
+    results: dict[tuple[str, int], list[tuple[float, ...]]],
+    names: Sequence[str],
+    concurrencies: Sequence[int],
+) -> None:
+    """Prints the medians over rounds of (req/s, p50, p99, CPU ms per request) for each
+    (name, concurrency), then each name's ratios to the first name's."""
+    median = {
+        key: tuple(statistics.median(r[i] for r in rounds) for i in range(4))
+        for key, rounds in results.items()
+    }
+    width = max(10, *(len(name) for name in names))
+    print(
+        f"{'protocol':<{width}} {'conc':>4} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} "
+        f"{'cpu ms/req':>10}"
+    )
+    for concurrency in concurrencies:
+        for name in names:
+            rps, p50, p99, cpu = median[(name, concurrency)]
+            print(
+                f"{name:<{width}} {concurrency:>4} {rps:>8.0f} {p50:>8.2f} {p99:>8.2f} {cpu:>10.2f}"
+            )
+    base = names[0]
+    for concurrency in concurrencies:
+        own_rps, own_p50, _, own_cpu = median[(base, concurrency)]
+        for name in names[1:]:
+            rps, p50, _, cpu = median[(name, concurrency)]
+            print(
+                f"concurrency {concurrency}: {name}/{base} throughput = {rps / own_rps:.3f}, "
+                f"p50 = {p50 / own_p50:.3f}, server CPU per request = {cpu / own_cpu:.3f}"
+            )

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import statistics
 import sys
 from pathlib import Path
 
@@ -28,7 +27,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import drive, flatscope, free_port, server_process, summary  # noqa: E402
+from common import drive, flatscope, free_port, print_medians, server_process, summary  # noqa: E402
 from tensorflow.core.framework import tensor_shape_pb2, types_pb2  # noqa: E402
 from tensorflow_serving.apis import predict_pb2  # noqa: E402
 from tensorflow_serving.apis.prediction_service_pb2_grpc import (  # noqa: E402
@@ -101,28 +100,7 @@ def main() -> None:
                         (*summary(latencies, args.seconds), cpu_ms)
                     )
 
-    median = {
-        key: tuple(statistics.median(r[i] for r in rounds) for i in range(4))
-        for key, rounds in results.items()
-    }
-    print(
-        f"{'protocol':<10} {'conc':>4} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'cpu ms/req':>10}"
-    )
-    for concurrency in args.concurrency:
-        for protocol in calls:
-            rps, p50, p99, cpu = median[(protocol, concurrency)]
-            print(
-                f"{protocol:<10} {concurrency:>4} {rps:>8.0f} {p50:>8.2f} {p99:>8.2f} {cpu:>10.2f}"
-            )
-    for concurrency in args.concurrency:
-        own_rps, own_p50, _, own_cpu = median[("flatscope", concurrency)]
-        for protocol in list(calls)[1:]:
-            rps, p50, _, cpu = median[(protocol, concurrency)]
-            print(
-                f"concurrency {concurrency}: {protocol}/flatscope throughput = "
-                f"{rps / own_rps:.3f}, p50 = {p50 / own_p50:.3f}, "
-                f"server CPU per request = {cpu / own_cpu:.3f}"
-            )
+    print_medians(results, list(calls), args.concurrency)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import keras
 import pytest
+from processes import ServerProcess
 from prometheus_client import CollectorRegistry
 
 from flatscope.client import Client
@@ -60,8 +61,9 @@ class ServerThread:
 
 
 def settings(**overrides) -> Settings:
-    """Settings for a test server: loopback, any free port."""
-    return Settings(**{"host": "127.0.0.1", "port": 0, "metrics_port": 0, **overrides})
+    """Settings for a test server: loopback, any free port, no HTTP unless asked for."""
+    defaults = {"host": "127.0.0.1", "port": 0, "metrics_port": 0, "http_port": 0}
+    return Settings(**{**defaults, **overrides})
 
 
 @pytest.fixture(scope="session")
@@ -70,6 +72,15 @@ def default_server() -> Iterator[ServerThread]:
     server = ServerThread(settings(max_batch_size=256)).load_model()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def rest_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """A ``flatscope serve`` process with gRPC and HTTP on (answers compare on one model),
+    and /metrics; shared by the REST tests."""
+    log = tmp_path_factory.mktemp("rest") / "serve.log"
+    with ServerProcess(log, http=True, metrics=True).serving() as server:
+        yield server
 
 
 @pytest.fixture()

@@ -28,9 +28,12 @@ LISTENING = re.compile(r"listening on 127\.0\.0\.1:(\d+) \(gRPC")
 
 
 def clean_env(**variables: str) -> dict[str, str]:
-    """This process's environment without FLATSCOPE_* variables, plus ``variables``."""
+    """This process's environment without FLATSCOPE_* variables, plus ``variables``.
+
+    The HTTP port is off unless ``variables`` set it: tests never take the fixed 8501.
+    """
     env = {k: v for k, v in os.environ.items() if not k.startswith("FLATSCOPE_")}
-    return {**env, **variables}
+    return {**env, "FLATSCOPE_HTTP_PORT": "0", **variables}
 
 
 def free_port() -> int:
@@ -50,6 +53,7 @@ class ServerProcess:
         metrics: Serve /metrics on a free port (``metrics_port``).
         client: Keyword arguments of the Client that waits for SERVING (TLS).
         python: The interpreter to run flatscope with (another virtual environment's).
+        http: Serve HTTP/REST on a free port (``http_port``, ``http_url``).
     """
 
     def __init__(
@@ -60,14 +64,18 @@ class ServerProcess:
         metrics: bool = False,
         client: dict | None = None,
         python: str | Path = sys.executable,
+        http: bool = False,
     ):
         self.log_path = log_path
         self.metrics_port = free_port() if metrics else 0
+        self.http_port = free_port() if http else 0
+        self.http_url = f"http://127.0.0.1:{self.http_port}"
         self.client_options = client or {}
         with log_path.open("wb") as log:
             self.proc = subprocess.Popen(
                 [str(python), "-m", "flatscope", "serve", "--port", "0"]
                 + ["--metrics-port", str(self.metrics_port)]
+                + ["--http-port", str(self.http_port)]
                 + list(flags),
                 stdout=log,
                 stderr=subprocess.STDOUT,

@@ -140,6 +140,26 @@ class ModelCore:
         assert self._batcher is not None  # set with _served
         return self._batcher.statistics()
 
+    def layout(self, model_name: str, layer: str = "", model_version: str = "") -> FlattenLayout:
+        """The layout of a Flatten layer of the served model ("": its only one).
+
+        Raises:
+            NotFoundError: ``model_name``, ``model_version`` or ``layer`` is not served.
+            InvalidInputError: ``layer`` is no Flatten, or "" names none of several.
+            FailedPreconditionError: ``layer`` is empty and the model has no Flatten.
+            NotReadyError: The model is still loading.
+        """
+        return self._layout(self._model(model_name, model_version), layer)
+
+    def coordinates(self, layout: FlattenLayout, start: int, count: int) -> np.ndarray:
+        """The source index of each flat index in ``[start, start + count)``, as Inspect's.
+
+        Raises:
+            InvalidInputError: The range reaches outside [0, F) or is above the limit.
+        """
+        self._check_coordinates(layout, start, count)
+        return layout.coordinates(start, count)
+
     async def predict(
         self,
         model_name: str,

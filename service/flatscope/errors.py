@@ -88,6 +88,20 @@ class ConfigError(FlatscopeError):
     code = Code.FAILED_PRECONDITION
 
 
+def reply_too_large(size: int, limit: int, ask_for_less: str) -> ResourceExhaustedError:
+    """The error for a reply of ``size`` bytes above ``limit`` (--max-send-message-bytes).
+
+    Args:
+        size: The reply's size in bytes.
+        limit: The largest reply the server may send.
+        ask_for_less: How a client of this API asks for a smaller reply.
+    """
+    return ResourceExhaustedError(
+        f"the reply would be {size} bytes, above this server's limit of {limit} "
+        f"(--max-send-message-bytes); {ask_for_less}"
+    )
+
+
 def one_line(text: str) -> str:
     """``text`` with all of its content on one line, for a log line or a status message.
 
@@ -96,3 +110,19 @@ def one_line(text: str) -> str:
     """
     lines = (" ".join(line.split()) for line in text.splitlines())
     return " | ".join(line for line in lines if line)
+
+
+def status_message(text: str) -> str:
+    """``text`` cut to at most MAX_STATUS_MESSAGE characters, keeping its start and end.
+
+    A message may quote what the client sent (a model or layer name of any length);
+    gRPC clients drop a call whose status trailer is above 8-16 KiB, and the trailer
+    percent-encodes each non-ASCII character into up to 12 bytes.
+    """
+    if len(text) <= MAX_STATUS_MESSAGE:
+        return text
+    head, tail = text[: MAX_STATUS_MESSAGE * 2 // 3], text[-(MAX_STATUS_MESSAGE // 4) :]
+    return f"{head} ... [{len(text) - len(head) - len(tail)} characters cut] ... {tail}"
+
+
+MAX_STATUS_MESSAGE = 512

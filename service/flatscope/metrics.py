@@ -61,6 +61,8 @@ class Metrics:
         self.registry = registry
         self.rpcs = RpcCollector()
         registry.register(self.rpcs)
+        self.http = HttpCollector()
+        registry.register(self.http)
         # Written by the batcher, one forward pass at a time.
         self.inference_seconds = SingleWriterHistogram(
             "flatscope_inference_seconds",
@@ -288,6 +290,46 @@ class RpcCollector(Collector):
         yield handled
         for histogram in (self._seconds, self._request_bytes, self._response_bytes):
             yield from histogram.collect()
+
+
+HTTP_LABELS = ("route", "method")
+
+
+class HttpCollector(Collector):
+    """HTTP requests by route template (e.g. ``/v2/models/{name}/infer``), method and code.
+
+    ``flatscope_http_requests_total`` (with ``code``) and
+    ``flatscope_http_request_duration_seconds``; requests that match no route count
+    under the route "unmatched", so clients cannot add label values. Updated by the event
+    loop's thread only, as :class:`RpcMetrics`.
+    """
+
+    def __init__(self):
+        self._counts: dict[tuple[str, str, str], int] = {}
+        self._seconds = SingleWriterHistogram(
+            "flatscope_http_request_duration_seconds",
+            "Time from an HTTP request's headers to its response, in seconds.",
+            HTTP_LABELS,
+            LATENCY_BUCKETS,
+            None,
+        )
+
+    def finished(self, route: str, method: str, code: int, seconds: float) -> None:
+        """Records a request to ``route`` answered with ``code`` after ``seconds``."""
+        key = (route, method, str(code))
+        self._counts[key] = self._counts.get(key, 0) + 1
+        self._seconds.labels(route, method).observe(seconds)
+
+    def collect(self) -> Iterator[Metric]:
+        requests = CounterMetricFamily(
+            "flatscope_http_requests",
+            "HTTP requests answered, by route template, method and status code.",
+            labels=(*HTTP_LABELS, "code"),
+        )
+        for labels, count in list(self._counts.items()):
+            requests.add_metric(labels, count)
+        yield requests
+        yield from self._seconds.collect()
 
 
 class _GpuMemoryCollector(Collector):

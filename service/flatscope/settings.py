@@ -24,6 +24,13 @@ class Settings(BaseSettings):
 
     host: str = Field("127.0.0.1", description="Address to listen on.")
     port: int = Field(8500, ge=0, le=65535, description="gRPC port (0: any free port).")
+    http_port: int = Field(
+        8501,
+        ge=0,
+        le=65535,
+        description="HTTP/REST port: KServe v2 and TF Serving REST and flatscope's own JSON "
+        "API, on the same model, limits and TLS as gRPC (0: off).",
+    )
     metrics_port: int = Field(
         8502, ge=0, le=65535, description="Port of the Prometheus /metrics endpoint (0: off)."
     )

@@ -183,8 +183,8 @@ def test_runtime_stage_runs_as_non_root_and_serves_on_all_addresses():
     env = env_of(runtime)
     assert env["PATH"].split(":")[0] == "/opt/flatscope/bin"
     assert env["FLATSCOPE_HOST"] == "0.0.0.0"
-    ports = {env["FLATSCOPE_PORT"], env["FLATSCOPE_METRICS_PORT"]}
-    assert ports == {"8500", "8502"}
+    ports = {env["FLATSCOPE_PORT"], env["FLATSCOPE_HTTP_PORT"], env["FLATSCOPE_METRICS_PORT"]}
+    assert ports == {"8500", "8501", "8502"}
     assert set(only(runtime, "EXPOSE").arguments.split()) == ports
 
     assert exec_form(only(runtime, "ENTRYPOINT")) == ["flatscope", "serve"]
@@ -269,7 +269,7 @@ def test_compose_stack_wires_the_committed_configuration():
         assert services[name]["network_mode"] == "service:flatscope"
         assert "ports" not in services[name]
     published = {int(port.split(":")[-1]) for port in flatscope["ports"]}
-    assert published == {8500, 8502, 9090, 3000}
+    assert published == {8500, 8501, 8502, 9090, 3000}
     scrape = yaml.safe_load((ROOT / "deploy/prometheus/prometheus.yml").read_text())
     targets = scrape["scrape_configs"][0]["static_configs"][0]["targets"]
     assert targets == ["127.0.0.1:8502"]

@@ -136,6 +136,7 @@ def test_image_recipe_installs_the_wheel_and_its_entry_point_reports_serving(tmp
         paths,
         FLATSCOPE_PORT=str(grpc_port),
         FLATSCOPE_METRICS_PORT=str(metrics_port),
+        FLATSCOPE_HTTP_PORT=str(free_port()),
     )
     command = [*exec_form(only(runtime, "ENTRYPOINT")), *exec_form(only(runtime, "CMD"))]
     assert shutil.which(command[0], path=env["PATH"]) == str(venv / "bin" / command[0])

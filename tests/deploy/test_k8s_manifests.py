@@ -195,9 +195,10 @@ def test_probes_are_native_grpc_on_the_served_port(overlay: str):
     objects = render(f"overlays/{overlay}")
     main = container(objects)
     ports = {p["name"]: p["containerPort"] for p in main["ports"]}
-    assert ports == {"grpc": 8500, "metrics": 8502}
+    assert ports == {"grpc": 8500, "http": 8501, "metrics": 8502}
     settings = Settings(**flatscope_settings(objects))
-    assert (settings.port, settings.metrics_port) == (ports["grpc"], ports["metrics"])
+    served = (settings.port, settings.http_port, settings.metrics_port)
+    assert served == (ports["grpc"], ports["http"], ports["metrics"])
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
         spec = main[probe]
         assert set(spec) & {"grpc", "httpGet", "tcpSocket", "exec"} == {"grpc"}, probe

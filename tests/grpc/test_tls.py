@@ -19,6 +19,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
+import requests
 from conftest import ServerThread, settings
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -138,6 +139,7 @@ def mtls_server(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
             "FLATSCOPE_TLS_CLIENT_CA": str(pki.ca.file),
         },
         client=client_files(pki, pki.client),
+        http=True,
     )
     with process.serving() as started:
         yield started
@@ -187,6 +189,21 @@ def test_mtls_refuses_clients_without_a_certificate_of_its_ca(
     # ... and goes on serving those who have one.
     with Client(mtls_server.target, timeout=TIMEOUT, **client_files(pki, pki.client)) as client:
         assert client.health() == "SERVING"
+
+
+def test_http_serves_mutual_tls_with_the_same_flags(mtls_server: ServerProcess, pki: Pki):
+    assert re.search(r"listening on 127\.0\.0\.1:\d+ \(HTTP/REST, https\)", mtls_server.log())
+    url = f"https://127.0.0.1:{mtls_server.http_port}/v2/health/ready"
+    client = (str(pki.client.cert_file), str(pki.client.key_file))
+    reply = requests.get(url, verify=str(pki.ca.file), cert=client, timeout=TIMEOUT)
+    assert reply.json() == {"ready": True}
+    stranger = (str(pki.stranger.cert_file), str(pki.stranger.key_file))
+    for options in ({}, {"cert": stranger}):
+        with pytest.raises(requests.exceptions.ConnectionError):
+            requests.get(url, verify=str(pki.ca.file), timeout=TIMEOUT, **options)
+    with pytest.raises(requests.exceptions.ConnectionError):
+        requests.get(url.replace("https", "http"), timeout=TIMEOUT)
+    assert requests.get(url, verify=str(pki.ca.file), cert=client, timeout=TIMEOUT).ok
 
 
 def tls_flags(pki: Pki, issued: Issued | None) -> list[str]:

@@ -11,7 +11,7 @@ import functools
 import numpy as np
 from google.protobuf.message import Message
 
-from flatscope.errors import InvalidInputError, ResourceExhaustedError
+from flatscope.errors import InvalidInputError, reply_too_large
 from flatscope.layout import FlattenLayout
 from flatscope.metadata import LayerRow, ModelDescription, TensorSpec
 from flatscope.results import DenseKernel, InspectResult, Prediction
@@ -101,10 +101,7 @@ def _serialized(reply: Message, limit: int, ask_for_less: str, extra: int) -> by
     data = reply.SerializeToString()
     size = len(data) + extra
     if size > limit:
-        raise ResourceExhaustedError(
-            f"the reply would be {size} bytes, above this server's limit of {limit} "
-            f"(--max-send-message-bytes); {ask_for_less}"
-        )
+        raise reply_too_large(size, limit, ask_for_less)
     return data
 
 

@@ -17,6 +17,7 @@ from flatscope.errors import (
     DeadlineExceededError,
     FlatscopeError,
     InvalidInputError,
+    status_message,
 )
 from flatscope.metrics import Metrics, RpcMetrics
 
@@ -326,22 +327,6 @@ async def _abort(context: grpc.aio.ServicerContext, code: grpc.StatusCode, messa
         raise
     except Exception:  # gRPC core refuses to send a status on a finished call
         raise asyncio.CancelledError from None
-
-
-def status_message(text: str) -> str:
-    """``text`` cut to at most MAX_STATUS_MESSAGE characters, keeping its start and end.
-
-    A message may quote what the client sent (a model or layer name of any length);
-    gRPC clients drop a call whose status trailer is above 8-16 KiB, and the trailer
-    percent-encodes each non-ASCII character into up to 12 bytes.
-    """
-    if len(text) <= MAX_STATUS_MESSAGE:
-        return text
-    head, tail = text[: MAX_STATUS_MESSAGE * 2 // 3], text[-(MAX_STATUS_MESSAGE // 4) :]
-    return f"{head} ... [{len(text) - len(head) - len(tail)} characters cut] ... {tail}"
-
-
-MAX_STATUS_MESSAGE = 512
 
 
 def _message_name(parse) -> str:

@@ -6,9 +6,7 @@ The messages are generated from TF Serving's protos and the TensorFlow protos th
 GetModelStatus are served; Classify, Regress and MultiInference answer UNIMPLEMENTED
 naming Predict, HandleReloadConfigRequest plain UNIMPLEMENTED.
 
-Signatures (see :func:`signature_outputs`): ``serving_default`` has the prediction as
-its one output, as a Keras model exported for TF Serving has; each Flatten layer adds a
-signature named after it with the prediction and the layer's two tensors. As in TF
+Signatures: see :mod:`flatscope.tfserving_signatures`. As in TF
 Serving, a Predict without ``output_filter`` returns every output of its signature; the
 filter may name any output of the model, whatever the signature. Replies carry typed
 ``float_val``, as TF Serving's do by default (its example clients read ``float_val``);
@@ -23,9 +21,7 @@ import grpc
 import numpy as np
 
 from flatscope.errors import (
-    FailedPreconditionError,
     InvalidInputError,
-    NotFoundError,
     UnimplementedError,
 )
 from flatscope.grpc import converters
@@ -45,8 +41,15 @@ from flatscope.protocols.tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
     status_pb2,
 )
-from flatscope.signature import NamedOutput, NamedResult, Signature
+from flatscope.signature import NamedResult, Signature
 from flatscope.tensors import ACCEPTED_DTYPE, TensorPayload, Wording
+from flatscope.tfserving_signatures import (
+    PREDICT_METHOD,
+    SIGNATURE,
+    no_version_labels,
+    signature_names,
+    signature_outputs,
+)
 
 if TYPE_CHECKING:
     from flatscope.core import ModelCore
@@ -56,8 +59,6 @@ SERVICE_NAME = SERVICE.full_name
 METHODS = ("Predict", "GetModelMetadata", "Classify", "Regress", "MultiInference")
 MODEL_SERVICE = model_service_pb2.DESCRIPTOR.services_by_name["ModelService"]
 MODEL_SERVICE_NAME = MODEL_SERVICE.full_name
-SIGNATURE = "serving_default"
-PREDICT_METHOD = "tensorflow/serving/predict"
 SIGNATURE_DEF = "signature_def"
 WORDING = Wording(dtype="DT_FLOAT", raw="tensor_content", values="float_val", nested=False)
 ASK_FOR_LESS = "send fewer examples per request, or leave '<layer>/source' out of output_filter"
@@ -146,32 +147,6 @@ class ModelStatusServicer(PartialServicer, model_service_pb2_grpc.ModelServiceSe
         return get_model_status_pb2.GetModelStatusResponse(model_version_status=[status])
 
 
-def signature_outputs(signature: Signature, name: str) -> tuple[NamedOutput, ...]:
-    """The outputs of the served signature ``name`` ("" for ``serving_default``).
-
-    ``serving_default`` has the prediction; the signature named after a Flatten layer
-    has the prediction and that layer's tensors (``<layer>``, ``<layer>/source``).
-
-    Raises:
-        FailedPreconditionError: No signature has that name (TF Serving's status too).
-    """
-    if name in ("", SIGNATURE):
-        return (signature.prediction,)
-    layer = tuple(output for output in signature.outputs if output.layer == name)
-    if not layer:
-        raise FailedPreconditionError(
-            f"serving signature '{name}' not found; the model's signatures are "
-            f"{signature_names(signature)}"
-        )
-    return (signature.prediction, *layer)
-
-
-def signature_names(signature: Signature) -> list[str]:
-    """``serving_default``, then one signature per Flatten layer, named after it."""
-    layers = dict.fromkeys(output.layer for output in signature.outputs if output.layer)
-    return [SIGNATURE, *(layer for layer in layers if layer != SIGNATURE)]
-
-
 def addressed(spec: model_pb2.ModelSpec) -> tuple[str, str]:
     """The model name and version (as a string, "" for any) a ModelSpec addresses.
 
@@ -179,10 +154,7 @@ def addressed(spec: model_pb2.ModelSpec) -> tuple[str, str]:
         NotFoundError: It names a version label (this server has none).
     """
     if spec.version_label:
-        raise NotFoundError(
-            f"version label '{spec.version_label}' is not served; this server has no "
-            "version labels (address a version number, or none)"
-        )
+        raise no_version_labels(spec.version_label)
     return spec.name, str(spec.version.value) if spec.HasField("version") else ""
 
 

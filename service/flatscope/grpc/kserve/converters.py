@@ -10,24 +10,37 @@ import numpy as np
 
 from flatscope.batching import BatchingConfig, BatchStatistics
 from flatscope.errors import InvalidInputError
-from flatscope.layout import FlattenLayout
 from flatscope.metadata import ModelDescription, TensorSpec
+from flatscope.open_inference import (
+    BYTES,
+    CLASSIFICATION,
+    FP32,
+    bytes_tensor,
+    check_parameters,
+    classification,
+    joined,
+    layout_parameters,
+    platform,
+    tensor_metadata,
+)
 from flatscope.protocols import grpc_service_pb2 as pb
 from flatscope.protocols import model_config_pb2 as mc
 from flatscope.signature import NamedResult, Signature
 from flatscope.tensors import ACCEPTED_DTYPE, TensorPayload, Wording
 
-FP32 = "FP32"
-BYTES = "BYTES"
 WORDING = Wording(
     dtype=FP32, raw="raw_input_contents", values="contents.fp32_contents", nested=False
 )
-CLASSIFICATION = "classification"
 # A request parameter of Triton's streams: mark each stream response final (every request
 # here has one response, which is its final one). perf_analyzer sends it on every call.
 FINAL_RESPONSE = "triton_enable_empty_final_response"
 # An input's raw byte count, which kserve's InferenceGRPCClient sends with raw contents.
 BINARY_DATA_SIZE = "binary_data_size"
+# What this binding reads of the parameters (named when refusing the others).
+READS = (
+    f"only an output's '{CLASSIFICATION}' (a class count), an input's '{BINARY_DATA_SIZE}' "
+    f"and the request's '{FINAL_RESPONSE}'"
+)
 # ModelConfig parameters that list the outputs ModelMetadata leaves out (see model_config).
 EXTRA_OUTPUTS = "extra_outputs"
 EXTRA_DIMS = "extra_output.{}.dims"
@@ -44,7 +57,7 @@ def infer_request(
             ``fp32_contents``, a ``raw_input_contents`` count that does not match the
             inputs, or a parameter this server does not honour.
     """
-    _check_parameters("the request", request.parameters, honoured=(FINAL_RESPONSE,))
+    check_parameters("the request", request.parameters, READS, honoured=(FINAL_RESPONSE,))
     raw = request.raw_input_contents
     if raw and len(raw) != len(request.inputs):
         raise InvalidInputError(
@@ -54,7 +67,7 @@ def infer_request(
     inputs = []
     for k, tensor in enumerate(request.inputs):
         name = tensor.name
-        _check_parameters(f"input '{name}'", tensor.parameters, honoured=(BINARY_DATA_SIZE,))
+        check_parameters(f"input '{name}'", tensor.parameters, READS, (BINARY_DATA_SIZE,))
         if BINARY_DATA_SIZE in tensor.parameters:
             _check_binary_size(name, tensor.parameters[BINARY_DATA_SIZE], raw[k] if raw else None)
         if tensor.datatype != FP32:
@@ -78,7 +91,7 @@ def infer_request(
     outputs: dict[str, int] = {}
     for output in request.outputs:
         what = f"output '{output.name}'"
-        _check_parameters(what, output.parameters, honoured=(CLASSIFICATION,))
+        check_parameters(what, output.parameters, READS, honoured=(CLASSIFICATION,))
         count = 0
         if CLASSIFICATION in output.parameters:
             count = _class_count(what, output.parameters[CLASSIFICATION])
@@ -109,7 +122,7 @@ def infer_response(
         if count:
             top = classification(array, count, labels.get(name, ()))
             reply.outputs.add(name=name, datatype=BYTES, shape=top.shape)
-            reply.raw_output_contents.append(_bytes_tensor(top))
+            reply.raw_output_contents.append(bytes_tensor(top))
             continue
         array = np.ascontiguousarray(array, dtype="<f4")
         reply.outputs.add(name=name, datatype=FP32, shape=array.shape)
@@ -121,55 +134,6 @@ def infer_response(
             else:
                 reply.parameters[key].string_param = value
     return reply
-
-
-def classification(array: np.ndarray, count: int, labels: tuple[str, ...] = ()) -> np.ndarray:
-    """Triton's classification of each example: its ``count`` largest values, largest
-    first, as "score:index[:label]" strings (the score printed as C++ ``std::to_string``).
-
-    Args:
-        array: (N, ...) scores; each example's values are taken in row-major order.
-        count: How many classes per example; more than there are gives them all.
-        labels: Labels by index; an index with none gets no label.
-
-    Returns:
-        An (N, k) array of bytes objects.
-    """
-    scores = np.asarray(array, dtype=np.float32).reshape(len(array), -1)
-    k = min(count, scores.shape[1])
-    # Ties keep the lower index first (Triton's sort leaves their order unspecified).
-    order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
-    rows = []
-    for example, indices in zip(scores, order, strict=True):
-        row = []
-        for index in indices.tolist():
-            text = f"{example[index]:f}:{index}"
-            if index < len(labels) and labels[index]:
-                text += f":{labels[index]}"
-            row.append(text.encode())
-        rows.append(row)
-    return np.asarray(rows, dtype=object).reshape(len(array), k)
-
-
-def _bytes_tensor(array: np.ndarray) -> bytes:
-    """A BYTES tensor's raw contents: each element as a 4-byte little-endian length, then it."""
-    return b"".join(len(item).to_bytes(4, "little") + item for item in array.ravel())
-
-
-def layout_parameters(layout: FlattenLayout) -> dict[str, str | int]:
-    """The FlattenLayout fields under their flatscope.v1 names; lists comma-separated."""
-    return {
-        "layer_name": layout.layer_name,
-        "data_format": layout.data_format,
-        "source_shape": _joined(layout.source_shape),
-        "axis_names": _joined(layout.axis_names),
-        "strides": _joined(layout.strides),
-        "flat_size": layout.flat_size,
-        "flat_order": _joined(layout.flat_order),
-        "formula": layout.formula,
-        "source_data_format": layout.source_data_format,
-        "note": layout.note,
-    }
 
 
 def model_metadata(description: ModelDescription, signature: Signature) -> pb.ModelMetadataResponse:
@@ -185,11 +149,6 @@ def model_metadata(description: ModelDescription, signature: Signature) -> pb.Mo
         inputs=[_tensor_metadata(signature.input)],
         outputs=[_tensor_metadata(signature.prediction.spec)],
     )
-
-
-def platform(description: ModelDescription) -> str:
-    """The ``platform`` both ModelMetadata and ModelConfig report."""
-    return f"keras_{description.backend}"
 
 
 def model_config(
@@ -245,7 +204,7 @@ def model_config(
         EXTRA_OUTPUTS: ",".join(output.spec.name for output in extras),
     }
     for output in extras:
-        parameters[EXTRA_DIMS.format(output.spec.name)] = _joined(_dims(output.spec))
+        parameters[EXTRA_DIMS.format(output.spec.name)] = joined(_dims(output.spec))
     for key, value in parameters.items():
         config.parameters[key].string_value = value
     return pb.ModelConfigResponse(config=config)
@@ -290,18 +249,6 @@ def _ns(seconds: float) -> int:
     return round(seconds * 1e9)
 
 
-def _check_parameters(what: str, parameters, honoured: tuple[str, ...] = ()) -> None:
-    """Refuses parameters this server would otherwise ignore (sequence_id, priority, ...)."""
-    refused = sorted(key for key in parameters if key not in honoured)
-    if refused:
-        names = ", ".join(f"'{key}'" for key in refused)
-        raise InvalidInputError(
-            f"{what} sets parameter {names}, which this server does not honour; it reads "
-            f"only an output's '{CLASSIFICATION}' (a class count), an input's "
-            f"'{BINARY_DATA_SIZE}' and the request's '{FINAL_RESPONSE}'"
-        )
-
-
 def _check_binary_size(name: str, parameter: pb.InferParameter, raw: bytes | None) -> None:
     """``binary_data_size`` (KServe's client sets it with raw contents) must be their size."""
     kind = parameter.WhichOneof("parameter_choice")
@@ -326,9 +273,7 @@ def _class_count(what: str, parameter: pb.InferParameter) -> int:
 
 
 def _tensor_metadata(spec: TensorSpec) -> pb.ModelMetadataResponse.TensorMetadata:
-    # FP32 whatever the model declares: the server takes and sends float32 only.
-    shape = [-1 if d is None else d for d in spec.shape]
-    return pb.ModelMetadataResponse.TensorMetadata(name=spec.name, datatype=FP32, shape=shape)
+    return pb.ModelMetadataResponse.TensorMetadata(**tensor_metadata(spec))
 
 
 def _dims(spec: TensorSpec) -> list[int]:
@@ -346,7 +291,3 @@ def _input_format(description: ModelDescription, spec: TensorSpec) -> int:
         if row.data_format == "channels_first":
             return mc.ModelInput.FORMAT_NCHW
     return mc.ModelInput.FORMAT_NONE
-
-
-def _joined(values) -> str:
-    return ",".join(str(v) for v in values)

@@ -18,9 +18,9 @@ import grpc
 import flatscope
 from flatscope import admission as admitting
 from flatscope.core import ModelCore
-from flatscope.errors import FlatscopeError, NotFoundError
+from flatscope.errors import FlatscopeError, NotFoundError, status_message
 from flatscope.grpc import converters as common
-from flatscope.grpc.interceptors import CallLimits, status_message
+from flatscope.grpc.interceptors import CallLimits
 from flatscope.grpc.kserve import converters
 from flatscope.grpc.methods import PartialServicer
 from flatscope.grpc.servicer import call_deadline

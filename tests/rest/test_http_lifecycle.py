@@ -1,0 +1,83 @@
+"""The HTTP port's life: metrics by route, a busy port, drain on SIGTERM."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import threading
+import time
+
+import requests
+from payloads import images
+from processes import ServerProcess, assert_one_line_error, flatscope
+
+TIMEOUT = 60
+
+
+def test_requests_are_counted_by_route_template_and_code(rest_server: ServerProcess):
+    url = rest_server.http_url
+    body = {"instances": images(1).tolist()}
+    assert requests.post(url + "/v1/models/digits:predict", json=body, timeout=TIMEOUT).ok
+    assert (
+        requests.post(url + "/v1/models/digits:predict", json={}, timeout=TIMEOUT).status_code
+        == 400
+    )
+    assert requests.get(url + "/no/such/route/42", timeout=TIMEOUT).status_code == 404
+    ok = {"route": "/v1/models/{name}:predict", "method": "POST", "code": "200"}
+    assert rest_server.metric("flatscope_http_requests_total", ok) >= 1
+    assert rest_server.metric("flatscope_http_requests_total", {**ok, "code": "400"}) >= 1
+    unmatched = {"route": "unmatched", "method": "GET", "code": "404"}
+    assert rest_server.metric("flatscope_http_requests_total", unmatched) >= 1
+    seconds = {"route": "/v1/models/{name}:predict", "method": "POST"}
+    assert rest_server.metric("flatscope_http_request_duration_seconds_count", seconds) >= 2
+
+
+def test_a_busy_http_port_stops_startup_with_one_line():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        port = sock.getsockname()[1]
+        result = flatscope("serve", "--port", "0", "--metrics-port", "0", "--http-port", str(port))
+    assert result.returncode == 1
+    assert_one_line_error(
+        result.stderr, f"cannot serve HTTP on 127.0.0.1:{port}", "in use", "--http-port"
+    )
+
+
+def test_sigterm_drains_http_like_grpc(tmp_path):
+    """Readiness turns 503 at once; calls go on for the delay, then are refused with 503
+    (retry elsewhere) or answered; a call in flight finishes; the process exits 0."""
+    server = ServerProcess(
+        tmp_path / "serve.log", "--shutdown-delay", "1.5", "--shutdown-grace", "5", http=True
+    )
+    with server.serving():
+        url = server.http_url
+        body = {"inputs": images(64).tolist(), "include_source": True}
+        statuses: list[int] = []
+        errors: list[Exception] = []
+
+        def call_until_closed() -> None:
+            while True:
+                try:
+                    reply = requests.post(
+                        url + "/flatscope/v1/models/digits:inspect", json=body, timeout=TIMEOUT
+                    )
+                except requests.ConnectionError as exc:
+                    errors.append(exc)
+                    return
+                statuses.append(reply.status_code)
+
+        callers = [threading.Thread(target=call_until_closed) for _ in range(4)]
+        for caller in callers:
+            caller.start()
+        time.sleep(1.0)
+        server.proc.send_signal(signal.SIGTERM)
+        time.sleep(0.3)
+        ready = requests.get(url + "/v2/health/ready", timeout=TIMEOUT)
+        assert ready.status_code == 503 and ready.json() == {"ready": False}
+        for caller in callers:
+            caller.join(timeout=TIMEOUT)
+        assert server.proc.wait(timeout=TIMEOUT) == 0
+    assert statuses and set(statuses) <= {200, 503}, statuses
+    assert statuses.count(200) >= 4, statuses  # served during the delay
+    assert len(errors) == 4  # each caller ended on the closed port, not on a failed call

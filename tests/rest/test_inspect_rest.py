@@ -1,0 +1,90 @@
+"""flatscope's own Inspect and Predict over HTTP in JSON, against the gRPC client."""
+
+from __future__ import annotations
+
+import numpy as np
+import requests
+from payloads import images
+from processes import ServerProcess
+
+TIMEOUT = 60
+MODEL = "/flatscope/v1/models/digits"
+
+
+def get(server: ServerProcess, path: str) -> requests.Response:
+    return requests.get(server.http_url + MODEL + path, timeout=TIMEOUT)
+
+
+def test_layout_and_coordinates_equal_grpc_inspect(rest_server: ServerProcess):
+    with rest_server.client() as client:
+        seen = client.inspect(images(1), coordinate_start=5000, coordinate_count=4)
+    reply = get(rest_server, "/layout?coordinate_start=5000&coordinate_count=4")
+    assert reply.status_code == 200, reply.text
+    body = reply.json()
+    layout = body["layout"]
+    assert layout["source_shape"] == list(seen.layout.source_shape)
+    assert layout["strides"] == list(seen.layout.strides)
+    assert layout["formula"] == seen.layout.formula
+    assert layout["flat_size"] == seen.layout.flat_size
+    assert body["coordinates"] == seen.coordinates.tolist()
+    one = get(rest_server, "/layout?flat_index=835").json()
+    assert one["source_index"] == [1, 2, 3]
+    back = get(rest_server, "/layout?source_index=1,2,3").json()
+    assert back["flat_index"] == 835
+
+
+def test_layout_errors(rest_server: ServerProcess):
+    cases = [
+        ("/layout?flat_index=18432", "flat index 18432 is outside [0, 18432)"),
+        ("/layout?source_index=1,2", "source index (1, 2) has 2 entries"),
+        ("/layout?source_index=a", "not comma-separated integers"),
+        ("/layout?layer=pool", "layer 'pool' is a MaxPooling2D, not a Flatten layer"),
+        ("/layout?coordinate_count=-1", "coordinate_count is -1"),
+    ]
+    for path, message in cases:
+        reply = get(rest_server, path)
+        assert reply.status_code == 400, reply.text
+        assert message in reply.json()["error"]
+    reply = get(rest_server, "/layout?layer=nothing")
+    assert reply.status_code == 404
+
+
+def test_inspect_and_predict_equal_grpc(rest_server: ServerProcess):
+    batch = images(2, seed=9)
+    with rest_server.client() as client:
+        want = client.inspect(batch, include_source=True, coordinate_count=3)
+        predicted = client.predict(batch)
+    reply = requests.post(
+        rest_server.http_url + MODEL + ":inspect",
+        json={
+            "inputs": batch.tolist(),
+            "include_source": True,
+            "include_flattened": True,
+            "coordinate_count": 3,
+        },
+        timeout=TIMEOUT,
+    )
+    assert reply.status_code == 200, reply.text
+    got = reply.json()
+    np.testing.assert_allclose(got["outputs"], want.outputs, atol=1e-5)
+    np.testing.assert_allclose(got["flattened"], want.flattened, atol=1e-5)
+    np.testing.assert_allclose(got["source"], want.source, atol=1e-5)
+    assert got["classes"] == want.classes.tolist()
+    assert got["coordinates"] == want.coordinates.tolist()
+    small = requests.post(
+        rest_server.http_url + MODEL + ":inspect", json={"inputs": batch.tolist()}, timeout=TIMEOUT
+    ).json()
+    assert "flattened" not in small and "source" not in small
+    reply = requests.post(
+        rest_server.http_url + MODEL + ":predict", json={"inputs": batch.tolist()}, timeout=TIMEOUT
+    )
+    np.testing.assert_allclose(reply.json()["outputs"], predicted.outputs, atol=1e-5)
+    assert reply.json()["classes"] == predicted.classes.tolist()
+    bad = requests.post(
+        rest_server.http_url + MODEL + ":inspect",
+        json={"inputs": batch.tolist(), "include_source": "yes"},
+        timeout=TIMEOUT,
+    )
+    assert bad.status_code == 400 and "'include_source' is \"yes\"" in bad.json()["error"]
+    missing = requests.post(rest_server.http_url + MODEL + ":predict", json={}, timeout=TIMEOUT)
+    assert missing.status_code == 400 and "inputs is not set" in missing.json()["error"]

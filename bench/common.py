@@ -33,10 +33,17 @@ def free_port() -> int:
 
 @dataclasses.dataclass(frozen=True)
 class Running:
-    """A started server process."""
+    """A started server process.
+
+    Attributes:
+        target: "127.0.0.1:port" of its gRPC port.
+        pid: Its process id.
+        metrics_port: Its Prometheus port, when it has one (flatscope).
+    """
 
     target: str
     pid: int
+    metrics_port: int | None = None
 
 
 def flatscope(*flags: str) -> list[str]:
@@ -61,7 +68,8 @@ def server_process(command: list[str], timeout: float = 120.0) -> Iterator[Runni
                 if process.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError(f"server did not start:\n{text}")
                 time.sleep(0.1)
-            yield Running(found.group(1), process.pid)
+            metrics = re.search(r"metrics on http://[^:]+:(\d+)", text)
+            yield Running(found.group(1), process.pid, int(metrics.group(1)) if metrics else None)
         finally:
             process.terminate()
             try:
@@ -131,3 +139,77 @@ def rss_bytes(pid: int) -> int:
     """Resident set size of a process, from /proc."""
     pages = int(Path(f"/proc/{pid}/statm").read_text().split()[1])
     return pages * os.sysconf("SC_PAGE_SIZE")
+
+
+@dataclasses.dataclass(frozen=True)
+class Cell:
+    """One server, one method, one load: what a driver measured.
+
+    Attributes:
+        rps: Replies per second.
+        p50_ms: Median latency.
+        p99_ms: 99th percentile latency.
+        mean_ms: Mean latency.
+        cpu_us: The server's CPU time per reply (user + system, all its threads).
+    """
+
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    mean_ms: float
+    cpu_us: float
+
+
+DRIVERS = ("h2load", "python")
+
+
+def measure(
+    driver: str,
+    server: Running,
+    service: str,
+    method: str,
+    request,
+    in_flight: int,
+    seconds: float,
+) -> Cell:
+    """Drives ``server``'s ``service``/``method`` with ``in_flight`` calls open for ``seconds``.
+
+    A short run of the same load comes first (connection, warm caches). With h2load, a
+    server that has a metrics port must have answered every call of the run with
+    grpc-status OK (h2load itself only sees HTTP 200).
+    """
+    import h2load
+
+    if driver == "python":
+        latencies = asyncio.run(drive(server.target, method, request, in_flight, 0.3))
+        cpu_before = cpu_seconds(server.pid)
+        latencies = asyncio.run(drive(server.target, method, request, in_flight, seconds))
+        cpu = cpu_seconds(server.pid) - cpu_before
+        rps, p50, p99 = summary(latencies, seconds)
+        return Cell(rps, p50, p99, statistics.fmean(latencies) * 1e3, cpu / len(latencies) * 1e6)
+    path = f"/{service}/{method}"
+    h2load.run(server.target, path, request, in_flight, 0.3)
+    codes_before = h2load.grpc_codes(server.metrics_port, method) if server.metrics_port else None
+    cpu_before = cpu_seconds(server.pid)
+    result = h2load.run(server.target, path, request, in_flight, seconds)
+    cpu = cpu_seconds(server.pid) - cpu_before
+    if result.failed or not result.requests:
+        raise RuntimeError(f"{server.target}{path}: {result.failed} of the calls failed in HTTP")
+    if codes_before is not None:
+        codes = h2load.grpc_codes(server.metrics_port, method)
+        codes.subtract(codes_before)
+        # h2load resets the streams still open when its time is up: CANCELLED.
+        codes["CANCELLED"] = max(0, codes["CANCELLED"] - in_flight)
+        wrong = {code: n for code, n in codes.items() if code != "OK" and n}
+        if wrong or codes["OK"] < result.requests:
+            raise RuntimeError(
+                f"{path}: h2load counted {result.requests} replies, the server answered "
+                f"{codes['OK']} OK and {wrong or 'no'} errors"
+            )
+    return Cell(
+        result.rps,
+        result.percentile(50),
+        result.percentile(99),
+        result.mean_ms,
+        cpu / result.requests * 1e6,
+    )

@@ -252,10 +252,14 @@ class _FrozenSession:
                 tf.graph_util.import_graph_def(frozen.graph.as_graph_def(), name="")
             feed = [graph.get_tensor_by_name(frozen.inputs[0].name)]
             fetches = [graph.get_tensor_by_name(output.name) for output in frozen.outputs]
-            threads = tf.config.threading
+            # Ops run on the calling thread (a negative inter-op count), one after the
+            # other as the layers of a CNN must: handing each op to TensorFlow's inter-op
+            # pool costs a wake-up of its thread per op and a spin before it sleeps again,
+            # which on a busy machine waits for a core (batch 1: 1.75 ms a pass against
+            # 0.72 ms inline, and 15 % more CPU). Each op still uses the intra-op threads.
             config = tf.compat.v1.ConfigProto(
-                intra_op_parallelism_threads=threads.get_intra_op_parallelism_threads(),
-                inter_op_parallelism_threads=threads.get_inter_op_parallelism_threads(),
+                intra_op_parallelism_threads=tf.config.threading.get_intra_op_parallelism_threads(),
+                inter_op_parallelism_threads=-1,
                 device_count={"GPU": 0},
             )
             # With the weights constant, Grappler would fold a batch norm into the

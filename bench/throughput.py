@@ -25,9 +25,10 @@ servers differ by 5-10 %, and the first started runs slowest); the order of turn
 rotates as well.
 Prints requests/s, p50 and p99 (medians over rounds), the ratios the project
 tracks, the server's CPU time per request (steadier than throughput on a shared
-machine), the compiled forward pass p50 measured in this process (with the model
-threads the server uses), and server RSS. With h2load, every flatscope call is checked
-to have ended with grpc-status OK (the server's grpc_server_handled_total).
+machine), the compiled forward pass p50 and CPU measured in this process (with the
+model threads the server uses), the servers' idle CPU before any traffic, and server
+RSS. With h2load, every flatscope call is checked to have ended with grpc-status OK
+(the server's grpc_server_handled_total).
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ sys.path.insert(0, str(HERE))
 
 from common import (  # noqa: E402
     DRIVERS,
+    cpu_seconds,
     flatscope,
     free_port,
     measure,
@@ -59,6 +61,7 @@ from common import (  # noqa: E402
 from flatscope.v1 import model_service_pb2 as pb  # noqa: E402
 
 CONCURRENCY = (1, 8, 32, 64)
+IDLE_SECONDS = 10.0
 SERVICE = "flatscope.v1.ModelService"
 
 
@@ -79,7 +82,7 @@ def main() -> None:
 
     predict = predict_request()
     inspect = pb.InspectRequest(inputs=predict.inputs)
-    forward_p50 = _forward_pass_p50()
+    forward_p50, forward_cpu = _forward_pass()
     with tempfile.TemporaryDirectory() as tmp:
         ceiling_model = _ceiling_model(Path(tmp))
         servers = {
@@ -101,6 +104,7 @@ def main() -> None:
         if args.cells:
             cells = {name: cells[name] for name in args.cells}
             servers = {name: servers[name] for name in {cell[0] for cell in cells.values()}}
+        idle: dict[str, float] = {}
         rss_loaded: dict[str, list[int]] = {}
         rss_peak: dict[str, list[int]] = {}
         results: dict[tuple[str, int], list] = {}
@@ -113,6 +117,11 @@ def main() -> None:
                 for name, server in running.items():
                     rss_loaded.setdefault(name, []).append(rss_bytes(server.pid))
                     rss_peak.setdefault(name, []).append(rss_bytes(server.pid))
+                if round_ == 0:  # no traffic yet: what the servers burn idle
+                    before = {name: cpu_seconds(server.pid) for name, server in running.items()}
+                    time.sleep(IDLE_SECONDS)
+                    for name, server in running.items():
+                        idle[name] = (cpu_seconds(server.pid) - before[name]) / IDLE_SECONDS
                 # The order of turns rotates too: a server runs slower right after
                 # the naive one (its threads wind down for a while).
                 turns = rotated(list(cells), 2 * round_)
@@ -174,6 +183,16 @@ def main() -> None:
             f"\nidle latency: on p50 {on_p50:.2f} ms vs echo p50 {echo_p50:.2f} ms + "
             f"forward pass p50 {forward_p50:.2f} ms = {on_p50 / (echo_p50 + forward_p50):.2f}x"
         )
+        if 1 in concurrency:
+            on_cpu, echo_cpu = median("on", 1, "cpu_us"), median("echo", 1, "cpu_us")
+            print(
+                f"CPU per request at 1 in flight: on {on_cpu:.0f} us vs echo {echo_cpu:.0f} us "
+                f"+ the pass's own {forward_cpu:.0f} us = {on_cpu / (echo_cpu + forward_cpu):.2f}x"
+            )
+    print(
+        f"\nidle CPU (no traffic, {IDLE_SECONDS:g} s, % of a core): "
+        + "   ".join(f"{name} {share * 100:.2f}" for name, share in idle.items())
+    )
     print("\nserver RSS (MiB, medians over rounds): after load -> peak under load (ratio)")
     for name in servers:
         loaded = statistics.median(rss_loaded[name]) / 2**20
@@ -198,18 +217,27 @@ def _ceiling_model(folder: Path) -> str:
     return str(path)
 
 
-def _forward_pass_p50(calls: int = 200) -> float:
-    """p50 in ms of the compiled batch-1 forward pass, in this process."""
+def _forward_pass(calls: int = 200) -> tuple[float, float]:
+    """The compiled batch-1 forward pass in this process: p50 in ms, CPU per pass in us.
+
+    The CPU is this process's (every thread's), with a 0.5 ms pause before each pass,
+    as a server at 1 in flight runs it.
+    """
     from flatscope.inference import load_served_model
 
     served = load_served_model(None)
     x = np.random.default_rng(0).random((1, 48, 48, 3), dtype=np.float32)
+    for _ in range(20):
+        served.runner.run(x)
     times = []
+    cpu = 0.0
     for _ in range(calls):
-        start = time.perf_counter()
+        time.sleep(0.0005)
+        cpu_start, start = time.process_time(), time.perf_counter()
         served.runner.run(x)
         times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e3
+        cpu += time.process_time() - cpu_start
+    return statistics.median(times) * 1e3, cpu / calls * 1e6
 
 
 if __name__ == "__main__":

@@ -271,8 +271,8 @@ class _FrozenSession:
             rewrite.remapping = rewriter_config_pb2.RewriterConfig.OFF
             session = tf.compat.v1.Session(graph=graph, config=config)
             built = cls(
-                session.make_callable(fetches[:1], feed_list=feed),
-                session.make_callable(fetches, feed_list=feed),
+                _session_callable(session, feed, fetches[:1]),
+                _session_callable(session, feed, fetches),
             )
             rng = np.random.default_rng(0)
             worst = 0.0
@@ -305,6 +305,27 @@ class _FrozenSession:
 
     def run(self, inputs: np.ndarray, extras: bool) -> list[np.ndarray]:
         return self._inspect(inputs) if extras else self._predict(inputs)
+
+
+def _session_callable(session, feed: list, fetches: list) -> Callable:
+    """A C++ callable of ``session`` that feeds numpy and returns a list of numpy arrays.
+
+    ``Session.make_callable`` with a ``feed_list`` runs every call through
+    ``Session.run``'s Python (feed and fetch mapping, graph checks: ~200 us of the
+    caller's CPU a call here); ``_make_callable_from_options`` builds the callable in
+    C++ once (Keras 2's backend ran sessions this way), and a call is one C++ call
+    (batch 1 of the default model: ~0.1 ms of CPU against ~0.3 ms).
+    """
+    from tensorflow.core.protobuf import config_pb2
+
+    make = getattr(session, "_make_callable_from_options", None)
+    if make is None:  # a TensorFlow without it: the slower public way
+        return session.make_callable(fetches, feed_list=feed)
+    return make(
+        config_pb2.CallableOptions(
+            feed=[tensor.name for tensor in feed], fetch=[tensor.name for tensor in fetches]
+        )
+    )
 
 
 # Above this, the weights' constant copies in a frozen graph cost more than its speed.

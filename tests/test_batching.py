@@ -450,7 +450,7 @@ async def _pass_of_three_then_one(steps: Steps, batcher: Batcher, held: float):
     """A pass of 1 (found the model idle), then one of 3; a request queued during the 3.
 
     Returns the request queued during the pass of 3, once that pass has answered; the
-    pass of 3 is held ``held`` seconds, so the adaptive policy's wait may be as long.
+    pass of 3 is held ``held`` seconds.
     """
     first = asyncio.create_task(batcher.submit(_examples(0, 1)))
     assert await steps.next_pass() == 1
@@ -467,12 +467,12 @@ async def _pass_of_three_then_one(steps: Steps, batcher: Batcher, held: float):
 
 
 def test_adaptive_batches_wait_for_as_many_as_the_last_pass_took(executor, monkeypatch):
-    monkeypatch.setattr(batching, "ADAPTIVE_WAIT_LIMIT", 60.0)  # bounded by the pass: 1 s
+    monkeypatch.setattr(batching, "ADAPTIVE_WAIT_LIMIT", 60.0)
     steps = Steps()
 
     async def scenario():
         batcher = Batcher(steps, BatchingConfig(max_batch_size=16), executor)
-        one = await _pass_of_three_then_one(steps, batcher, held=1.0)
+        one = await _pass_of_three_then_one(steps, batcher, held=0.05)
         await asyncio.sleep(0.01)
         assert not one.done()  # waits for two more: the last pass took three
         assert steps.batch_sizes() == [1, 3]
@@ -509,7 +509,7 @@ def test_a_zero_timeout_never_waits_while_the_model_is_free(executor, monkeypatc
 
     async def scenario():
         batcher = Batcher(steps, BatchingConfig(max_batch_size=16, batch_timeout=0), executor)
-        one = await _pass_of_three_then_one(steps, batcher, held=1.0)
+        one = await _pass_of_three_then_one(steps, batcher, held=0.05)
         assert await steps.next_pass() == 1
         steps.end_pass()
         await one

@@ -6,12 +6,12 @@ request its own rows. A request that reaches an idle model runs at once; request
 arrive while a pass runs are packed together, up to ``max_batch_size`` examples.
 
 When the model frees with fewer requests queued than its last pass took, the default
-(adaptive) policy waits for that many, for no longer than the last pass took and
-:data:`ADAPTIVE_WAIT_LIMIT`: under a steady load the requests answered by one pass come
-back for the next, and one pass for all of them costs less CPU than one per fragment
-(which is what the event loop feeding them needs), while a model never idles for longer
-than a pass waiting for requests that may not come. A load that drops is followed within
-a pass: the next wait is for no more than the last pass took. This needs no tuning; an
+(adaptive) policy waits for that many, for no longer than :data:`ADAPTIVE_WAIT_LIMIT`
+after the model freed: under a steady load the requests answered by one pass come back
+for the next, and one pass for all of them costs less CPU than one per fragment (CPU
+the event loop feeding them needs), while whatever is queued runs at once when it is as
+much as the last pass took. A load that drops costs one wait: the next one is for no
+more than the smaller pass that followed. This needs no tuning; an
 explicit ``batch_timeout`` instead makes requests that arrived while the model was busy
 wait until the oldest has waited that long (TF Serving's ``batch_timeout_micros``), 0
 running whatever is queued whenever the model frees.
@@ -149,11 +149,8 @@ class Batcher:
         self._busy = False  # a pass is running
         self._closed = False
         self._timer: asyncio.TimerHandle | None = None  # wakes a waiting batch at its timeout
-        # The adaptive policy's memory of the last pass: its examples, when it started,
-        # how long it took, and when it ended.
+        # The adaptive policy's memory of the last pass: its examples, and when it ended.
         self._last_batch = 0
-        self._pass_started = 0.0
-        self._last_pass = 0.0
         self._freed = 0.0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stats = BatchStatistics()
@@ -287,7 +284,6 @@ class Batcher:
         assert loop is not None  # set by submit
         self._busy = True
         self._last_batch = sum(len(pending.inputs) for pending in batch)
-        self._pass_started = time.monotonic()
         try:
             running = self._executor.submit(self._run_batch, batch)
         except RuntimeError as exc:  # the executor was shut down
@@ -310,7 +306,6 @@ class Batcher:
         """Back on the loop: every waiter gets its rows, the pass's error, or (None) cancelled."""
         self._busy = False
         self._freed = time.monotonic()
-        self._last_pass = self._freed - self._pass_started
         if outcome is None:
             for pending in batch:
                 pending.future.cancel()
@@ -336,7 +331,7 @@ class Batcher:
         if timeout is None:  # adaptive: see the module's docstring
             if self._queued_examples >= self._last_batch:
                 return 0.0
-            return self._freed + min(self._last_pass, ADAPTIVE_WAIT_LIMIT) - time.monotonic()
+            return self._freed + ADAPTIVE_WAIT_LIMIT - time.monotonic()
         if timeout <= 0:
             return 0.0
         return head.enqueued + timeout - time.monotonic()

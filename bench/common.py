@@ -53,7 +53,29 @@ def flatscope(*flags: str) -> list[str]:
 
 @contextlib.contextmanager
 def server_process(command: list[str], timeout: float = 120.0) -> Iterator[Running]:
-    """Runs a server until the block ends, once it logged its address and model."""
+    """Runs a server until the block ends, once it logged its address and model.
+
+    A ``--metrics-port`` that another process took since :func:`free_port` found it free
+    is replaced by another free one (twice at most).
+    """
+    for attempt in range(3):
+        try:
+            with _server_process(command, timeout) as running:
+                yield running
+                return
+        except _PortTaken:
+            if attempt == 2:
+                raise
+            command = list(command)
+            command[command.index("--metrics-port") + 1] = str(free_port())
+
+
+class _PortTaken(RuntimeError):
+    pass
+
+
+@contextlib.contextmanager
+def _server_process(command: list[str], timeout: float) -> Iterator[Running]:
     with tempfile.TemporaryDirectory() as tmp:
         log = Path(tmp) / "server.log"
         with log.open("w") as out:
@@ -66,6 +88,8 @@ def server_process(command: list[str], timeout: float = 120.0) -> Iterator[Runni
                 if found and "serving model" in text:
                     break
                 if process.poll() is not None or time.monotonic() > deadline:
+                    if "cannot serve /metrics" in text and "--metrics-port" in command:
+                        raise _PortTaken(text)
                     raise RuntimeError(f"server did not start:\n{text}")
                 time.sleep(0.1)
             metrics = re.search(r"metrics on http://[^:]+:(\d+)", text)
@@ -188,8 +212,8 @@ def measure(
         rps, p50, p99 = summary(latencies, seconds)
         return Cell(rps, p50, p99, statistics.fmean(latencies) * 1e3, cpu / len(latencies) * 1e6)
     path = f"/{service}/{method}"
-    h2load.run(server.target, path, request, in_flight, 0.3)
     codes_before = h2load.grpc_codes(server.metrics_port, method) if server.metrics_port else None
+    h2load.run(server.target, path, request, in_flight, 0.3)
     cpu_before = cpu_seconds(server.pid)
     result = h2load.run(server.target, path, request, in_flight, seconds)
     cpu = cpu_seconds(server.pid) - cpu_before
@@ -198,8 +222,9 @@ def measure(
     if codes_before is not None:
         codes = h2load.grpc_codes(server.metrics_port, method)
         codes.subtract(codes_before)
-        # h2load resets the streams still open when its time is up: CANCELLED.
-        codes["CANCELLED"] = max(0, codes["CANCELLED"] - in_flight)
+        # h2load resets the streams still open when its time is up (CANCELLED), at the
+        # end of the warm-up run and of the measured one.
+        codes["CANCELLED"] = max(0, codes["CANCELLED"] - 2 * in_flight)
         wrong = {code: n for code, n in codes.items() if code != "OK" and n}
         if wrong or codes["OK"] < result.requests:
             raise RuntimeError(

@@ -217,8 +217,10 @@ def measure(
     cpu_before = cpu_seconds(server.pid)
     result = h2load.run(server.target, path, request, in_flight, seconds)
     cpu = cpu_seconds(server.pid) - cpu_before
-    if result.failed or not result.requests:
+    if result.failed:
         raise RuntimeError(f"{server.target}{path}: {result.failed} of the calls failed in HTTP")
+    if not result.requests:
+        raise RuntimeError(f"{server.target}{path}: no call ended within {seconds} s")
     if codes_before is not None:
         codes = h2load.grpc_codes(server.metrics_port, method)
         codes.subtract(codes_before)

@@ -33,10 +33,17 @@ def free_port() -> int:
 
 @dataclasses.dataclass(frozen=True)
 class Running:
-    """A started server process."""
+    """A started server process.
+
+    Attributes:
+        target: "127.0.0.1:port" of its gRPC port.
+        pid: Its process id.
+        metrics_port: Its Prometheus port, when it has one (flatscope).
+    """
 
     target: str
     pid: int
+    metrics_port: int | None = None
 
 
 def flatscope(*flags: str) -> list[str]:
@@ -46,7 +53,29 @@ def flatscope(*flags: str) -> list[str]:
 
 @contextlib.contextmanager
 def server_process(command: list[str], timeout: float = 120.0) -> Iterator[Running]:
-    """Runs a server until the block ends, once it logged its address and model."""
+    """Runs a server until the block ends, once it logged its address and model.
+
+    A ``--metrics-port`` that another process took since :func:`free_port` found it free
+    is replaced by another free one (twice at most).
+    """
+    for attempt in range(3):
+        try:
+            with _server_process(command, timeout) as running:
+                yield running
+                return
+        except _PortTaken:
+            if attempt == 2:
+                raise
+            command = list(command)
+            command[command.index("--metrics-port") + 1] = str(free_port())
+
+
+class _PortTaken(RuntimeError):
+    pass
+
+
+@contextlib.contextmanager
+def _server_process(command: list[str], timeout: float) -> Iterator[Running]:
     with tempfile.TemporaryDirectory() as tmp:
         log = Path(tmp) / "server.log"
         with log.open("w") as out:
@@ -60,9 +89,12 @@ def server_process(command: list[str], timeout: float = 120.0) -> Iterator[Runni
                 if found and "serving model" in text:
                     break
                 if process.poll() is not None or time.monotonic() > deadline:
+                    if "cannot serve /metrics" in text and "--metrics-port" in command:
+                        raise _PortTaken(text)
                     raise RuntimeError(f"server did not start:\n{text}")
                 time.sleep(0.1)
-            yield Running(found.group(1), process.pid)
+            metrics = re.search(r"metrics on http://[^:]+:(\d+)", text)
+            yield Running(found.group(1), process.pid, int(metrics.group(1)) if metrics else None)
         finally:
             process.terminate()
             try:
@@ -165,3 +197,80 @@ def print_medians(
                 f"concurrency {concurrency}: {name}/{base} throughput = {rps / own_rps:.3f}, "
                 f"p50 = {p50 / own_p50:.3f}, server CPU per request = {cpu / own_cpu:.3f}"
             )
+
+
+@dataclasses.dataclass(frozen=True)
+class Cell:
+    """One server, one method, one load: what a driver measured.
+
+    Attributes:
+        rps: Replies per second.
+        p50_ms: Median latency.
+        p99_ms: 99th percentile latency.
+        mean_ms: Mean latency.
+        cpu_us: The server's CPU time per reply (user + system, all its threads).
+    """
+
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    mean_ms: float
+    cpu_us: float
+
+
+DRIVERS = ("h2load", "python")
+
+
+def measure(
+    driver: str,
+    server: Running,
+    service: str,
+    method: str,
+    request,
+    in_flight: int,
+    seconds: float,
+) -> Cell:
+    """Drives ``server``'s ``service``/``method`` with ``in_flight`` calls open for ``seconds``.
+
+    A short run of the same load comes first (connection, warm caches). With h2load, a
+    server that has a metrics port must have answered every call of the run with
+    grpc-status OK (h2load itself only sees HTTP 200).
+    """
+    import h2load
+
+    if driver == "python":
+        latencies = asyncio.run(drive(server.target, method, request, in_flight, 0.3))
+        cpu_before = cpu_seconds(server.pid)
+        latencies = asyncio.run(drive(server.target, method, request, in_flight, seconds))
+        cpu = cpu_seconds(server.pid) - cpu_before
+        rps, p50, p99 = summary(latencies, seconds)
+        return Cell(rps, p50, p99, statistics.fmean(latencies) * 1e3, cpu / len(latencies) * 1e6)
+    path = f"/{service}/{method}"
+    codes_before = h2load.grpc_codes(server.metrics_port, method) if server.metrics_port else None
+    h2load.run(server.target, path, request, in_flight, 0.3)
+    cpu_before = cpu_seconds(server.pid)
+    result = h2load.run(server.target, path, request, in_flight, seconds)
+    cpu = cpu_seconds(server.pid) - cpu_before
+    if result.failed:
+        raise RuntimeError(f"{server.target}{path}: {result.failed} of the calls failed in HTTP")
+    if not result.requests:
+        raise RuntimeError(f"{server.target}{path}: no call ended within {seconds} s")
+    if codes_before is not None:
+        codes = h2load.grpc_codes(server.metrics_port, method)
+        codes.subtract(codes_before)
+        # h2load resets the streams still open when its time is up (CANCELLED), at the
+        # end of the warm-up run and of the measured one.
+        codes["CANCELLED"] = max(0, codes["CANCELLED"] - 2 * in_flight)
+        wrong = {code: n for code, n in codes.items() if code != "OK" and n}
+        if wrong or codes["OK"] < result.requests:
+            raise RuntimeError(
+                f"{path}: h2load counted {result.requests} replies, the server answered "
+                f"{codes['OK']} OK and {wrong or 'no'} errors"
+            )
+    return Cell(
+        result.rps,
+        result.percentile(50),
+        result.percentile(99),
+        result.mean_ms,
+        cpu / result.requests * 1e6,
+    )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import queue
 import threading
 import time
 
@@ -11,6 +12,7 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
+from flatscope import batching
 from flatscope.batching import Batcher, BatchingConfig
 from flatscope.errors import DeadlineExceededError, NotReadyError, ResourceExhaustedError
 from flatscope.metrics import Metrics
@@ -421,3 +423,97 @@ def test_close_fails_queued_requests_answers_the_running_pass_and_refuses_new_on
 
     run(scenario())
     assert model.batch_sizes() == [1]
+
+
+class Steps(Model):
+    """A batch function whose passes wait, one by one, for the test to let them end."""
+
+    def __init__(self):
+        super().__init__()
+        self._permits = threading.Semaphore(0)
+        self._entered: queue.Queue[int] = queue.Queue()
+
+    def __call__(self, inputs: np.ndarray, extras: bool) -> list[np.ndarray]:
+        self._entered.put(len(inputs))
+        assert self._permits.acquire(timeout=10), "test never ended the pass"
+        return super().__call__(inputs, extras)
+
+    async def next_pass(self) -> int:
+        """Waits for the next pass to start; returns its batch size."""
+        return await asyncio.get_running_loop().run_in_executor(None, self._entered.get, True, 10)
+
+    def end_pass(self) -> None:
+        self._permits.release()
+
+
+async def _pass_of_three_then_one(steps: Steps, batcher: Batcher, held: float):
+    """A pass of 1 (found the model idle), then one of 3; a request queued during the 3.
+
+    Returns the request queued during the pass of 3, once that pass has answered; the
+    pass of 3 is held ``held`` seconds.
+    """
+    first = asyncio.create_task(batcher.submit(_examples(0, 1)))
+    assert await steps.next_pass() == 1
+    three = [asyncio.create_task(batcher.submit(_examples(10 * i, 1))) for i in (1, 2, 3)]
+    await asyncio.sleep(0)  # queued
+    steps.end_pass()
+    await first
+    assert await steps.next_pass() == 3  # more than the last pass took: no waiting
+    one = asyncio.create_task(batcher.submit(_examples(40, 1)))
+    await asyncio.sleep(held)
+    steps.end_pass()
+    await asyncio.gather(*three)
+    return one
+
+
+def test_adaptive_batches_wait_for_as_many_as_the_last_pass_took(executor, monkeypatch):
+    monkeypatch.setattr(batching, "ADAPTIVE_WAIT_LIMIT", 60.0)
+    steps = Steps()
+
+    async def scenario():
+        batcher = Batcher(steps, BatchingConfig(max_batch_size=16), executor)
+        one = await _pass_of_three_then_one(steps, batcher, held=0.05)
+        await asyncio.sleep(0.01)
+        assert not one.done()  # waits for two more: the last pass took three
+        assert steps.batch_sizes() == [1, 3]
+        two = [asyncio.create_task(batcher.submit(_examples(50 + i, 1))) for i in (0, 1)]
+        assert await steps.next_pass() == 3  # at once, without the rest of the wait
+        steps.end_pass()
+        rows = await asyncio.gather(one, *two)
+        await batcher.close()
+        return rows
+
+    rows = run(scenario())
+    assert steps.batch_sizes() == [1, 3, 3]
+    np.testing.assert_array_equal(rows[0][0], [[80.5]])
+
+
+def test_adaptive_batches_wait_no_longer_than_the_limit(executor):
+    steps = Steps()
+
+    async def scenario():
+        batcher = Batcher(steps, BatchingConfig(max_batch_size=16), executor)
+        one = await _pass_of_three_then_one(steps, batcher, held=0.05)
+        assert await steps.next_pass() == 1  # alone, once ADAPTIVE_WAIT_LIMIT (2 ms) passed
+        steps.end_pass()
+        await one
+        await batcher.close()
+
+    run(scenario())
+    assert steps.batch_sizes() == [1, 3, 1]
+
+
+def test_a_zero_timeout_never_waits_while_the_model_is_free(executor, monkeypatch):
+    monkeypatch.setattr(batching, "ADAPTIVE_WAIT_LIMIT", 60.0)  # not used by a fixed timeout
+    steps = Steps()
+
+    async def scenario():
+        batcher = Batcher(steps, BatchingConfig(max_batch_size=16, batch_timeout=0), executor)
+        one = await _pass_of_three_then_one(steps, batcher, held=0.05)
+        assert await steps.next_pass() == 1
+        steps.end_pass()
+        await one
+        await batcher.close()
+
+    run(scenario())
+    assert steps.batch_sizes() == [1, 3, 1]

@@ -2,9 +2,19 @@
 
 Requests queue; whenever the model is free, the batcher packs them into a batch and
 runs one forward pass off the event loop (one pass at a time), then hands every
-request its own rows. A request that reaches an idle
-model runs at once; requests that arrive while a pass runs are packed together, up to
-``max_batch_size`` examples, or until the oldest has waited ``batch_timeout``.
+request its own rows. A request that reaches an idle model runs at once; requests that
+arrive while a pass runs are packed together, up to ``max_batch_size`` examples.
+
+When the model frees with fewer requests queued than its last pass took, the default
+(adaptive) policy waits for that many, for no longer than :data:`ADAPTIVE_WAIT_LIMIT`
+after the model freed: under a steady load the requests answered by one pass come back
+for the next, and one pass for all of them costs less CPU than one per fragment (CPU
+the event loop feeding them needs), while whatever is queued runs at once when it is as
+much as the last pass took. A load that drops costs one wait: the next one is for no
+more than the smaller pass that followed. This needs no tuning; an
+explicit ``batch_timeout`` instead makes requests that arrived while the model was busy
+wait until the oldest has waited that long (TF Serving's ``batch_timeout_micros``), 0
+running whatever is queued whenever the model frees.
 """
 
 from __future__ import annotations
@@ -26,6 +36,9 @@ from flatscope.metrics import Metrics
 # the predictions, with extras True also the Flatten tensors.
 RunBatch = Callable[[np.ndarray, bool], Sequence[np.ndarray]]
 
+# The adaptive policy's bound on how long a free model waits for a batch to gather.
+ADAPTIVE_WAIT_LIMIT = 0.002
+
 # gRPC keeps deadlines to about a millisecond and may cancel a call a little before the
 # deadline the servicer read from it: a cancellation this close to it is the deadline.
 DEADLINE_SLACK = 0.01
@@ -40,14 +53,20 @@ class BatchingConfig:
         max_batch_size: Most examples in one forward pass.
         batch_timeout: Longest a request waits, in seconds, for its batch to fill
             while the model is busy; a request that finds the model idle never waits.
+            None (the default) for the adaptive policy (see the module's docstring).
         max_enqueued_batches: Waiting work is bounded to this many full batches;
             past it, requests fail at once with RESOURCE_EXHAUSTED.
     """
 
     enabled: bool = True
     max_batch_size: int = 64
-    batch_timeout: float = 0.002
+    batch_timeout: float | None = None
     max_enqueued_batches: int = 16
+
+    @property
+    def longest_wait(self) -> float:
+        """The longest a request waits for its batch to fill, in seconds."""
+        return ADAPTIVE_WAIT_LIMIT if self.batch_timeout is None else self.batch_timeout
 
 
 @dataclasses.dataclass
@@ -130,6 +149,9 @@ class Batcher:
         self._busy = False  # a pass is running
         self._closed = False
         self._timer: asyncio.TimerHandle | None = None  # wakes a waiting batch at its timeout
+        # The adaptive policy's memory of the last pass: its examples, and when it ended.
+        self._last_batch = 0
+        self._freed = 0.0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stats = BatchStatistics()
 
@@ -221,6 +243,7 @@ class Batcher:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+
         while self._queue:
             pending = self._queue.popleft()
             if not pending.future.done():
@@ -256,9 +279,11 @@ class Batcher:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+
         loop = self._loop
         assert loop is not None  # set by submit
         self._busy = True
+        self._last_batch = sum(len(pending.inputs) for pending in batch)
         try:
             running = self._executor.submit(self._run_batch, batch)
         except RuntimeError as exc:  # the executor was shut down
@@ -280,6 +305,7 @@ class Batcher:
     ) -> None:
         """Back on the loop: every waiter gets its rows, the pass's error, or (None) cancelled."""
         self._busy = False
+        self._freed = time.monotonic()
         if outcome is None:
             for pending in batch:
                 pending.future.cancel()
@@ -297,11 +323,18 @@ class Batcher:
         """Seconds the head of the queue may still wait for its batch to fill."""
         config = self._config
         head = self._queue[0]
-        if not config.enabled or head.found_idle or config.batch_timeout <= 0:
+        if not config.enabled or head.found_idle:
             return 0.0
         if self._queued_examples >= config.max_batch_size:
             return 0.0
-        return head.enqueued + config.batch_timeout - time.monotonic()
+        timeout = config.batch_timeout
+        if timeout is None:  # adaptive: see the module's docstring
+            if self._queued_examples >= self._last_batch:
+                return 0.0
+            return self._freed + ADAPTIVE_WAIT_LIMIT - time.monotonic()
+        if timeout <= 0:
+            return 0.0
+        return head.enqueued + timeout - time.monotonic()
 
     def _take(self) -> list[_Pending]:
         """Pops the next batch off the queue, skipping requests nobody waits for."""

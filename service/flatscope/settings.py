@@ -76,11 +76,13 @@ class Settings(BaseSettings):
         256, ge=1, description="Most examples in one request and in one forward pass."
     )
     batching: bool = Field(True, description="Pack concurrent requests into shared forward passes.")
-    batch_timeout: float = Field(
-        0.002,
+    batch_timeout: float | None = Field(
+        None,
         ge=0,
         description="Seconds a request may wait for its batch to fill while the model is "
-        "busy (never when it is idle).",
+        "busy (never when it is idle). Unset: adaptive, a batch gathers the requests the "
+        "server is still reading when the model frees, for 2 ms at most; 0: a pass starts "
+        "whenever the model is free.",
     )
     max_enqueued_batches: int = Field(
         16,

@@ -26,6 +26,7 @@ from tritonclient.utils import InferenceServerException
 from waiting import settled
 
 import flatscope
+from flatscope.batching import BatchingConfig
 from flatscope.client import Client
 
 TIMEOUT = 60.0
@@ -219,7 +220,7 @@ def test_model_config_as_triton_writes_it(client, default_server):
     [digit] = config.output
     assert (digit.name, digit.data_type, list(digit.dims)) == ("digit", mc.TYPE_FP32, [10])
     settings = default_server.settings
-    delay = round(settings.batch_timeout * 1e6)
+    delay = round(BatchingConfig(batch_timeout=settings.batch_timeout).longest_wait * 1e6)
     assert config.dynamic_batching.max_queue_delay_microseconds == delay
     assert list(config.version_policy.specific.versions) == [1]
     [group] = config.instance_group

@@ -160,7 +160,8 @@ def model_config(
     prediction, as in ModelMetadata; the Flatten tensors, which ModelInfer also returns
     by name, are in ``parameters``: ``extra_outputs`` lists their names (comma-separated)
     and ``extra_output.<name>.dims`` each one's dims (all FP32). Dynamic batching, when
-    on, reports ``batch_timeout`` as ``max_queue_delay_microseconds``; the queue bound,
+    on, reports the longest wait for a batch (``batch_timeout``, or the adaptive
+    policy's bound) as ``max_queue_delay_microseconds``; the queue bound,
     counted in examples (Triton's counts requests), is the ``max_enqueued_examples``
     parameter.
     """
@@ -197,7 +198,7 @@ def model_config(
     if description.version.isdigit():
         config.version_policy.specific.versions.append(int(description.version))
     if batching.enabled:
-        config.dynamic_batching.max_queue_delay_microseconds = round(batching.batch_timeout * 1e6)
+        config.dynamic_batching.max_queue_delay_microseconds = round(batching.longest_wait * 1e6)
     extras = signature.outputs[1:]
     parameters = {
         "max_enqueued_examples": str(batching.max_enqueued_batches * batching.max_batch_size),

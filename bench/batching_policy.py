@@ -1,0 +1,99 @@
+"""The default (adaptive) batching policy against the two fixed timeouts, under h2load.
+
+Run: ``.venv/bin/python bench/batching_policy.py`` (about four minutes) or ``--quick``.
+
+Three flatscope servers, side by side in rotating order (see throughput.py): the default
+policy, ``--batch-timeout 0`` (a pass starts whenever the model is free) and
+``--batch-timeout 0.002`` (requests that arrive while a pass runs wait up to 2 ms for
+their batch to fill). Batch-1 Predict at 1, 4, 8, 16 and 64 calls in flight. The
+default should match the better fixed value at every load (within 3 %, in throughput
+and in mean latency).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import statistics
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from common import (  # noqa: E402
+    DRIVERS,
+    flatscope,
+    free_port,
+    measure,
+    predict_request,
+    rotated,
+    server_process,
+)
+
+CONCURRENCY = (1, 4, 8, 16, 64)
+SERVICE = "flatscope.v1.ModelService"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="one round of 1.5 s per cell")
+    parser.add_argument("--seconds", type=float, default=3.0, help="per cell per round")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--driver", choices=DRIVERS, default="h2load")
+    parser.add_argument(
+        "--concurrency", type=int, nargs="+", default=CONCURRENCY, help="calls in flight"
+    )
+    args = parser.parse_args()
+    if args.quick:
+        args.seconds, args.rounds = 1.5, 1
+    concurrency = tuple(args.concurrency)
+    servers = {
+        "default": flatscope("--metrics-port", str(free_port())),
+        "t0": flatscope("--metrics-port", str(free_port()), "--batch-timeout", "0"),
+        "t2ms": flatscope("--metrics-port", str(free_port()), "--batch-timeout", "0.002"),
+    }
+    request = predict_request()
+    results: dict[tuple[str, int], list] = {}
+    for round_ in range(args.rounds):
+        with contextlib.ExitStack() as stack:
+            running = {
+                name: stack.enter_context(server_process(servers[name]))
+                for name in rotated(list(servers), round_)
+            }
+            for in_flight in concurrency:
+                for name in rotated(list(servers), round_ + in_flight):
+                    cell = measure(
+                        args.driver,
+                        running[name],
+                        SERVICE,
+                        "Predict",
+                        request,
+                        in_flight,
+                        args.seconds,
+                    )
+                    results.setdefault((name, in_flight), []).append(cell)
+
+    def median(name: str, c: int, field: str) -> float:
+        return statistics.median(getattr(cell, field) for cell in results[(name, c)])
+
+    print(f"\ndriver: {args.driver}; medians over {args.rounds} round(s) of {args.seconds} s")
+    header = " ".join(f"{name + ' req/s mean ms cpu us':>30}" for name in servers)
+    print(f"{'in flight':>9} {header}")
+    for c in concurrency:
+        row = " ".join(
+            f"{median(name, c, 'rps'):>14.0f} {median(name, c, 'mean_ms'):>7.2f} "
+            f"{median(name, c, 'cpu_us'):>7.0f}"
+            for name in servers
+        )
+        print(f"{c:>9} {row}")
+    print("\ndefault vs the better fixed timeout (throughput ratio; mean latency ratio)")
+    for c in concurrency:
+        best = max(("t0", "t2ms"), key=lambda name: median(name, c, "rps"))
+        rps = median("default", c, "rps") / median(best, c, "rps")
+        latency = median("default", c, "mean_ms") / median(best, c, "mean_ms")
+        print(f"  c={c:<3} best fixed: {best:<5} throughput {rps:.2f}   mean latency {latency:.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -5,7 +5,8 @@
 - the server on JAX alone (``flatscope[jax]``): no TensorFlow; it serves, and its Inspect
   answers keep the layout (checked with numpy) and equal the TensorFlow server's;
 - flatscope beside ``kserve`` and ``tritonclient[grpc]`` (both protobuf<7): one environment,
-  a flatscope server in it, called with each of their clients and with flatscope's.
+  one flatscope server in it (gRPC and HTTP), called with each of their gRPC clients, with
+  kserve's ``InferenceRESTClient`` (JSON and binary tensors) and with flatscope's.
 
 Each environment is built once per test run (pip, from the configured indexes) under
 .cache/venvs, and kept there for the next run while pyproject.toml is unchanged; flatscope
@@ -111,8 +112,10 @@ def tf_server(tmp_path_factory) -> Iterator[ServerProcess]:
         yield server
 
 
-def jax_server(venv: Path, log: Path) -> ServerProcess:
-    return ServerProcess(log, env={"KERAS_BACKEND": "jax"}, python=venv / "bin" / "python")
+def jax_server(venv: Path, log: Path, http: bool = False) -> ServerProcess:
+    return ServerProcess(
+        log, env={"KERAS_BACKEND": "jax"}, python=venv / "bin" / "python", http=http
+    )
 
 
 # Client-only install.
@@ -232,21 +235,107 @@ print(json.dumps(asyncio.run(main())))
 """
 
 
+REST_SCRIPT = """
+import asyncio, json, sys
+import httpx
+import numpy as np
+from kserve import InferenceRESTClient, InferInput, InferRequest, RESTConfig
+from kserve.protocol.infer_type import RequestedOutput
+from flatscope.client import Client
+url, target, name = sys.argv[1:4]
+x = np.random.default_rng(3).random((2, 48, 48, 3), dtype=np.float32)
+
+def request(array, binary):
+    image = InferInput("image", list(array.shape), "FP32")
+    image.set_data_from_numpy(array, binary_data=binary)
+    wanted = [RequestedOutput(n, {"binary_data": binary}) for n in ("digit", "flatten")]
+    return InferRequest(name, infer_inputs=[image], request_outputs=wanted)
+
+def outputs(reply):
+    return {o.name: o.as_numpy().tolist() for o in reply.outputs}
+
+async def main():
+    async with InferenceRESTClient(RESTConfig(protocol="v2", timeout=60)) as client:
+        answers = {
+            "live": await client.is_server_live(url),
+            "ready": await client.is_server_ready(url),
+            "model_ready": await client.is_model_ready(url, name),
+            "other_ready": await client.is_model_ready(url, "no-such-model"),
+        }
+        sent = {}
+        for binary in (False, True):
+            headers = {}
+            reply = await client.infer(url, request(x, binary), name, response_headers=headers)
+            sent[str(binary)] = {
+                "outputs": outputs(reply),
+                "content_type": headers["content-type"],
+                "layer": (reply.parameters or {}).get("layer_name"),
+            }
+        answers["infer"] = sent
+        try:
+            await client.infer(url, request(x[:, :24], False), name)
+            answers["error"] = None
+        except httpx.HTTPStatusError as error:
+            answers["error"] = [error.response.status_code, str(error)]
+    return answers
+
+answers = asyncio.run(main())
+with Client(target) as grpc:
+    answers["predict"] = grpc.predict(x).outputs.tolist()
+    answers["flat"] = grpc.inspect(x).flattened.tolist()
+print(json.dumps(answers))
+"""
+
+
+@pytest.fixture(scope="module")
+def beside_server(beside_venv, tmp_path_factory) -> Iterator[ServerProcess]:
+    """One JAX server in the beside environment, gRPC and HTTP, for all its clients."""
+    log = tmp_path_factory.mktemp("beside") / "server.log"
+    with jax_server(beside_venv, log, http=True).serving() as server:
+        yield server
+
+
 def test_flatscope_installs_beside_kserve_and_tritonclient(beside_venv):
     run_in(beside_venv, "python", "-m", "pip", "check")
     for module in ("kserve", "tritonclient.grpc", "flatscope.client", "flatscope.grpc.server"):
         run_in(beside_venv, "-c", f"import {module}")
 
 
-def test_kserve_and_triton_clients_call_a_flatscope_server_beside_them(beside_venv, tmp_path):
+def test_kserve_and_triton_clients_call_a_flatscope_server_beside_them(beside_venv, beside_server):
+    server = beside_server
     x = example()
-    with jax_server(beside_venv, tmp_path / "server.log").serving() as server:
-        with server.client() as client:
-            expected = client.predict(x).outputs
-            name = client.metadata().name
-        triton = json.loads(run_in(beside_venv, "-c", TRITON_SCRIPT, server.target).stdout)
-        kserve = json.loads(run_in(beside_venv, "-c", KSERVE_SCRIPT, server.target, name).stdout)
-        mine = json.loads(run_in(beside_venv, "-c", CLIENT_SCRIPT, server.target).stdout)
+    with server.client() as client:
+        expected = client.predict(x).outputs
+        name = client.metadata().name
+    triton = json.loads(run_in(beside_venv, "-c", TRITON_SCRIPT, server.target).stdout)
+    kserve = json.loads(run_in(beside_venv, "-c", KSERVE_SCRIPT, server.target, name).stdout)
+    mine = json.loads(run_in(beside_venv, "-c", CLIENT_SCRIPT, server.target).stdout)
     np.testing.assert_allclose(triton, expected, rtol=1e-6)
     np.testing.assert_allclose(kserve, expected, rtol=1e-6)
     np.testing.assert_allclose(mine["outputs"], expected, rtol=1e-6)
+
+
+def test_kserve_rest_client_calls_the_http_port_and_equals_grpc(beside_venv, beside_server):
+    """kserve's InferenceRESTClient (v2, JSON then binary tensors) against flatscope.client's
+    Predict and Inspect over gRPC, from the same process."""
+    server = beside_server
+    with server.client() as client:
+        name = client.metadata().name
+    args = (server.http_url, server.target, name)
+    got = json.loads(run_in(beside_venv, "-c", REST_SCRIPT, *args).stdout)
+    assert got["live"] is True and got["ready"] is True
+    assert got["model_ready"] is True and got["other_ready"] is False
+    assert got["infer"]["False"]["content_type"].startswith("application/json")
+    assert got["infer"]["True"]["content_type"] == "application/octet-stream"
+    for binary, reply in got["infer"].items():
+        assert reply["layer"] == "flatten", binary
+        digit = np.asarray(reply["outputs"]["digit"], np.float32)
+        flat = np.asarray(reply["outputs"]["flatten"], np.float32)
+        np.testing.assert_allclose(digit, got["predict"], rtol=1e-5, atol=1e-5, err_msg=binary)
+        np.testing.assert_allclose(flat, got["flat"], rtol=1e-5, atol=1e-5, err_msg=binary)
+    status, message = got["error"]
+    assert status == 400
+    # kserve puts the server's {"error": ...} first, then the status and the URL.
+    assert message.startswith(
+        "input 'image' shape (2, 24, 48, 3) does not match (batch, 48, 48, 3)"
+    )

@@ -35,6 +35,7 @@ RUN_TIMEOUT = 120.0
 # The environments see only what is installed in them (PYTHONPATH could show pip this tree's
 # flatscope as installed already).
 ISOLATED = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+KSERVE_SDK_TYPES = ROOT / "deploy" / "kserve" / "schemas" / "kserve-sdk-types.json"
 SHAPE = (48, 48, 3)  # the default model's input, per example
 
 
@@ -299,6 +300,22 @@ def test_flatscope_installs_beside_kserve_and_tritonclient(beside_venv):
     run_in(beside_venv, "python", "-m", "pip", "check")
     for module in ("kserve", "tritonclient.grpc", "flatscope.client", "flatscope.grpc.server"):
         run_in(beside_venv, "-c", f"import {module}")
+
+
+def test_vendored_kserve_sdk_types_are_the_sdks(beside_venv):
+    """deploy/kserve/schemas' tables (the InferenceService's and ServingRuntime's check in
+    tests/deploy/test_kserve_manifests.py) are what dump_sdk_types.py writes from this kserve."""
+    vendored = json.loads(KSERVE_SDK_TYPES.read_text())
+    dumped = json.loads(
+        run_in(beside_venv, "python", str(KSERVE_SDK_TYPES.with_name("dump_sdk_types.py"))).stdout
+    )
+    if dumped["kserve"] != vendored["kserve"]:
+        pytest.skip(
+            f"kserve {dumped['kserve']} here, the tables are from {vendored['kserve']}: "
+            "regenerate them with dump_sdk_types.py (deploy/kserve/schemas/README.md)"
+        )
+    # the kubernetes client's version only names where the Kubernetes types come from
+    assert {**dumped, "kubernetes": None} == {**vendored, "kubernetes": None}
 
 
 def test_kserve_and_triton_clients_call_a_flatscope_server_beside_them(beside_venv, beside_server):

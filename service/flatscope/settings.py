@@ -200,6 +200,11 @@ def accepted(name: str) -> str:
         return "true or false"
     if isinstance(annotation, types.UnionType) and Path in get_args(annotation):
         return "a file path"
+    if isinstance(annotation, types.UnionType) and set(get_args(annotation)) - {type(None)} in (
+        {int},
+        {float},
+    ):  # optional: unset means a default policy (see the field's description)
+        (annotation,) = set(get_args(annotation)) - {type(None)}
     if annotation not in (int, float):
         return "text"
     noun = "an integer" if annotation is int else "a number"

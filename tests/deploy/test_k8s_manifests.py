@@ -114,14 +114,20 @@ def selects_pods(selector: dict[str, str], objects: tuple[dict, ...]) -> bool:
 
 
 @functools.cache
-def definitions_validator(name: str) -> jsonschema.Validator:
-    """A validator for one definition of the Kubernetes schemas (e.g. ObjectMeta).
+@functools.cache
+def kubernetes_definitions() -> dict:
+    """kubernetes-validate's strict definitions of Kubernetes KUBERNETES_VERSION, one document.
 
-    It reads kubernetes-validate's files directly: its API validates whole objects only.
+    Read from its files directly: its API validates whole objects only.
     """
     directory = Path(kubernetes_validate.__file__).parent / "kubernetes-json-schema"
     (schemas,) = directory.glob(f"v{KUBERNETES_VERSION}.*-local-strict")
-    contents = json.loads((schemas / "_definitions.json").read_text())
+    return json.loads((schemas / "_definitions.json").read_text())
+
+
+def definitions_validator(name: str) -> jsonschema.Validator:
+    """A validator for one definition of the Kubernetes schemas (e.g. ObjectMeta)."""
+    contents = kubernetes_definitions()
     resource = referencing.Resource.from_contents(contents)
     registry = referencing.Registry().with_resource(contents["$id"], resource)
     schema = {"$ref": f"{contents['$id']}#/$defs/{name}"}

@@ -361,13 +361,17 @@ def test_health_command_exits_1_without_a_server():
 def test_make_serve_passes_port_host_and_more_flags():
     def dry_run(*args: str, **env: str) -> str:
         # -n prints the command; -o: the venv counts as made, whatever is on this machine.
+        # Run from `make test`, the outer make's variables would make this one print
+        # "Entering directory" lines and pass its own flags: a fresh make, as a user runs it.
+        outer = ("MAKEFLAGS", "MAKELEVEL", "MFLAGS", "MAKEOVERRIDES")
+        clean = {k: v for k, v in os.environ.items() if k not in outer}
         result = subprocess.run(
             ["make", "-n", "-o", ".venv/.installed-server", "serve", *args],
             cwd=Path(__file__).resolve().parent.parent,
             capture_output=True,
             text=True,
             timeout=CLI_TIMEOUT,
-            env={**os.environ, **env},
+            env={**clean, **env},
         )
         assert result.returncode == 0, result.stderr
         return " ".join(result.stdout.split())

@@ -12,7 +12,6 @@ and in mean latency).
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import statistics
 import sys
@@ -22,9 +21,10 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from common import (  # noqa: E402
-    DRIVERS,
     flatscope,
     free_port,
+    load_arguments,
+    load_parser,
     measure,
     predict_request,
     rotated,
@@ -36,17 +36,8 @@ SERVICE = "flatscope.v1.ModelService"
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="one round of 1.5 s per cell")
-    parser.add_argument("--seconds", type=float, default=3.0, help="per cell per round")
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--driver", choices=DRIVERS, default="h2load")
-    parser.add_argument(
-        "--concurrency", type=int, nargs="+", default=CONCURRENCY, help="calls in flight"
-    )
-    args = parser.parse_args()
-    if args.quick:
-        args.seconds, args.rounds = 1.5, 1
+    parser = load_parser(__doc__, CONCURRENCY)
+    args = load_arguments(parser)
     concurrency = tuple(args.concurrency)
     servers = {
         "default": flatscope("--metrics-port", str(free_port())),

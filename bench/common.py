@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import dataclasses
@@ -274,3 +275,27 @@ def measure(
         result.mean_ms,
         cpu / result.requests * 1e6,
     )
+
+
+def load_parser(description: str, concurrency: tuple[int, ...]) -> argparse.ArgumentParser:
+    """The arguments every load bench takes: rounds, seconds per cell, driver, in flight.
+
+    Read them with :func:`load_arguments`, which applies ``--quick``.
+    """
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--quick", action="store_true", help="one round of 1.5 s per cell")
+    parser.add_argument("--seconds", type=float, default=3.0, help="per cell per round")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--driver", choices=DRIVERS, default="h2load")
+    parser.add_argument(
+        "--concurrency", type=int, nargs="+", default=concurrency, help="calls in flight"
+    )
+    return parser
+
+
+def load_arguments(parser: argparse.ArgumentParser) -> argparse.Namespace:
+    """``parser``'s arguments, ``--quick`` applied."""
+    args = parser.parse_args()
+    if args.quick:
+        args.seconds, args.rounds = 1.5, 1
+    return args

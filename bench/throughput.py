@@ -33,7 +33,6 @@ RSS. With h2load, every flatscope call is checked to have ended with grpc-status
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import statistics
 import sys
@@ -47,10 +46,11 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from common import (  # noqa: E402
-    DRIVERS,
     cpu_seconds,
     flatscope,
     free_port,
+    load_arguments,
+    load_parser,
     measure,
     predict_request,
     rotated,
@@ -66,18 +66,9 @@ SERVICE = "flatscope.v1.ModelService"
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="one round of 1.5 s per cell")
-    parser.add_argument("--seconds", type=float, default=3.0, help="per cell per round")
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--driver", choices=DRIVERS, default="h2load")
-    parser.add_argument(
-        "--concurrency", type=int, nargs="+", default=CONCURRENCY, help="calls in flight"
-    )
+    parser = load_parser(__doc__, CONCURRENCY)
     parser.add_argument("--cells", nargs="+", help="only these cells (default: all)")
-    args = parser.parse_args()
-    if args.quick:
-        args.seconds, args.rounds = 1.5, 1
+    args = load_arguments(parser)
     concurrency = tuple(args.concurrency)
 
     predict = predict_request()

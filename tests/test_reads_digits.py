@@ -25,9 +25,10 @@ from flatscope.client import Client
 from flatscope.default_model import raw_digits_split
 from flatscope.images import load_image
 
-# Issue 17 asked for 90 %; the committed model reaches 89.5 % of this set (87.6 % of the
-# font digits, 98.2 % of the 8x8 ones), so the bar stands below it, not at it.
-REQUIRED_ACCURACY = 0.85
+# Issue 17's bar. The committed model reaches 98.2 % of this set (98.1 % of the font
+# digits, 98.7 % of the 8x8 ones); it learnt printed digits from two Computer Modern
+# faces only (cmss10, cmtt10: see train.PRINTED_FONTS), none of those drawn here.
+REQUIRED_ACCURACY = 0.90
 FONT_FILES = (
     # The machine's fonts where it has them, else matplotlib's copies of the same.
     "DejaVuSans.ttf",

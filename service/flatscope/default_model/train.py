@@ -7,7 +7,10 @@ The training digits are scikit-learn's 8x8 training split, each drawn several ti
 more: scaled up smoothly, then turned, sheared, stretched, made bolder or thinner,
 blurred and given a margin, and finally prepared by the same code that prepares a
 picture file (:func:`flatscope.images.centre_digit`), so that what the model learns
-from looks like what ``flatscope predict --image`` sends it.
+from looks like what ``flatscope predict --image`` sends it. Beside them, printed
+digits: each digit typeset in Computer Modern's sans serif and typewriter faces
+(:data:`PRINTED_FONTS`) and drawn anew the same way, since the handwritten 8x8 digits
+alone teach little of a printed 4 or 6.
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ def build_model() -> keras.Model:
 
 def augment(digit: np.ndarray, label: int, rng: np.random.Generator) -> np.ndarray:
     """One 8x8 digit (values 0..16) drawn anew at random, as a (48, 48) frame in [0, 1]."""
-    from PIL import Image, ImageFilter
+    from PIL import Image
 
     size = int(rng.choice([24, 32, 48]))
     pixels = Image.fromarray(np.asarray(digit, dtype=np.float32) * (255.0 / 16.0), mode="F")
@@ -48,6 +51,37 @@ def augment(digit: np.ndarray, label: int, rng: np.random.Generator) -> np.ndarr
         image = _printed_one(image, rng)
     elif label == 4 and rng.random() < 0.5:
         image = _closed_four(image, rng)
+    return _redraw(image, size, label, rng)
+
+
+def augment_printed(font_file: Path, label: int, rng: np.random.Generator) -> np.ndarray:
+    """The digit ``label`` typeset in ``font_file`` and drawn anew at random, as ``augment``."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    size = int(rng.choice([24, 32, 48]))
+    font = ImageFont.truetype(str(font_file), size)
+    left, top, right, bottom = font.getbbox(str(label))
+    image = Image.new("L", (size, size))
+    scale = min(1.0, size / max(right - left, bottom - top, 1))
+    glyph = Image.new("L", (right - left + 2, bottom - top + 2))
+    ImageDraw.Draw(glyph).text((1 - left, 1 - top), str(label), font=font, fill=255)
+    if scale < 1.0:
+        glyph = glyph.resize(
+            (max(1, round(glyph.width * scale)), max(1, round(glyph.height * scale)))
+        )
+    image.paste(glyph, ((size - glyph.width) // 2, (size - glyph.height) // 2))
+    return _redraw(image, size, label, rng, thin=False)
+
+
+def _redraw(
+    image, size: int, label: int, rng: np.random.Generator, thin: bool = True
+) -> np.ndarray:
+    """A (size, size) digit turned, sheared, stretched, re-stroked and blurred at random.
+
+    ``thin=False`` for strokes already thin (typeset ones), which thinning would erase.
+    """
+    from PIL import Image, ImageFilter
+
     # Turn, shear and stretch about the centre, on a canvas with room around the digit.
     pad = size // 2
     canvas = Image.new("L", (size + 2 * pad, size + 2 * pad))
@@ -69,7 +103,8 @@ def augment(digit: np.ndarray, label: int, rng: np.random.Generator) -> np.ndarr
         canvas.size, Image.Transform.AFFINE, coefficients, Image.Resampling.BILINEAR
     )
     # Stroke width: thicker (max filter) or thinner (min filter), sometimes as it is.
-    stroke = rng.choice(["thick", "thicker", "thin", "same"], p=[0.2, 0.1, 0.4, 0.3])
+    odds = [0.2, 0.1, 0.4, 0.3] if thin else [0.3, 0.1, 0.0, 0.6]
+    stroke = rng.choice(["thick", "thicker", "thin", "same"], p=odds)
     if stroke == "thick":
         canvas = canvas.filter(ImageFilter.MaxFilter(3))
     elif stroke == "thicker":
@@ -83,7 +118,7 @@ def augment(digit: np.ndarray, label: int, rng: np.random.Generator) -> np.ndarr
         gray = _elastic(gray, size, rng)
     # Contrast: from soft ink to hard strokes; a high cut also makes them thinner
     # (printed digits have thinner strokes than these blurred 8x8 ones).
-    if rng.random() < 0.6:
+    if rng.random() < (0.6 if thin else 0.3):
         gray = np.clip((gray - rng.uniform(0.3, 0.65)) * rng.uniform(3.0, 6.0), 0.0, 1.0)
     gray = gray * rng.uniform(0.6, 1.0) + rng.normal(0.0, rng.uniform(0.0, 0.04), gray.shape)
     return centre_digit(np.clip(gray, 0.0, 1.0), (IMAGE_SIZE, IMAGE_SIZE))
@@ -154,6 +189,33 @@ def _closed_four(image, rng: np.random.Generator):
     return image
 
 
+# Typefaces for printed digits: Computer Modern's sans serif and typewriter faces, from
+# matplotlib's fonts (so that training needs nothing from the machine). The held-out test
+# (tests/test_reads_digits.py) draws with other faces: Pillow's default, DejaVu Sans,
+# Serif, Sans Mono and Sans Bold, STIX General and Computer Modern Roman (cmr10). Keep
+# the two sets apart, and keep DejaVu and STIX, in any style, out of this one: the test
+# then measures how the model reads typefaces it never saw.
+PRINTED_FONTS = ("cmss10.ttf", "cmtt10.ttf")
+
+
+def printed(copies: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """``copies`` random drawings of each digit in each of :data:`PRINTED_FONTS`."""
+    import matplotlib
+
+    folder = Path(matplotlib.get_data_path()) / "fonts" / "ttf"
+    rng = np.random.default_rng(seed)
+    labels = np.tile(np.repeat(np.arange(10), copies), len(PRINTED_FONTS))
+    frames = np.stack(
+        [
+            augment_printed(folder / name, label, rng)
+            for name in PRINTED_FONTS
+            for label in range(10)
+            for _ in range(copies)
+        ]
+    )
+    return np.repeat(frames[..., np.newaxis], 3, axis=-1), labels
+
+
 def augmented(
     digits: np.ndarray, labels: np.ndarray, copies: int, seed: int
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -173,6 +235,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--copies", type=int, default=10, help="augmented drawings per digit")
+    parser.add_argument(
+        "--printed", type=int, default=200, help="drawings of each digit in each printed font"
+    )
     parser.add_argument("--output", type=Path, default=model_path())
     args = parser.parse_args()
 
@@ -181,8 +246,9 @@ def main() -> None:
     raw_train, y_train, raw_test, y_test = raw_digits_split()
     x_train, x_test = to_images(raw_train), to_images(raw_test)
     x_more, y_more = augmented(raw_train, y_train, args.copies, seed=0)
-    x_all = np.concatenate([x_train, x_more])
-    y_all = np.concatenate([y_train, y_more])
+    x_printed, y_printed = printed(args.printed, seed=1)
+    x_all = np.concatenate([x_train, x_more, x_printed])
+    y_all = np.concatenate([y_train, y_more, y_printed])
     print(f"{len(x_all)} training images in {time.monotonic() - started:.0f} s")
     model = build_model()
     model.compile(

@@ -273,18 +273,27 @@ def held_out_digits() -> tuple[np.ndarray, np.ndarray]:
     return x_test, y_test
 
 
-@pytest.mark.parametrize("index", [0, 1, 2, 3, 5])
-def test_predict_image_file_prints_its_digit(
-    server: ServerProcess, held_out_digits, tmp_path: Path, index: int
+def test_predict_image_files_print_their_digits(
+    server: ServerProcess, held_out_digits, tmp_path: Path
 ):
-    x_test, y_test = held_out_digits
-    path = tmp_path / f"digit-{index}.png"
-    pixels = np.round(x_test[index] * 255).astype(np.uint8)
-    Image.fromarray(pixels, "RGB").save(path)
+    """The first ten held-out 8x8 digits, saved as PNG files, through the command itself.
 
-    result = flatscope("predict", "--target", server.target, "--image", str(path))
-    assert result.returncode == 0, result.stderr
-    assert re.search(rf"^class {y_test[index]} ", result.stdout, re.MULTILINE), result.stdout
+    The model reads 98.7 % of the held-out digits (tests/test_reads_digits.py has the
+    large sample), so one of ten may be wrong; two or more would be far below that.
+    """
+    x_test, y_test = held_out_digits
+    commands = []
+    for index in range(10):
+        path = tmp_path / f"digit-{index}.png"
+        Image.fromarray(np.round(x_test[index] * 255).astype(np.uint8), "RGB").save(path)
+        commands.append(["predict", "--target", server.target, "--image", str(path)])
+    results = flatscope_all(*commands)
+    assert all(result.returncode == 0 for result in results), [r.stderr for r in results]
+    right = [
+        bool(re.search(rf"^class {y_test[index]} ", result.stdout, re.MULTILINE))
+        for index, result in enumerate(results)
+    ]
+    assert sum(right) >= 9, [r.stdout for r, ok in zip(results, right, strict=True) if not ok]
 
 
 def test_inspect_traces_flat_and_source_indices(server: ServerProcess):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import dataclasses
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
@@ -21,7 +20,7 @@ from flatscope.errors import (
 )
 from flatscope.layout import FlattenLayout
 from flatscope.metrics import Metrics
-from flatscope.results import InspectResult, Prediction
+from flatscope.results import DenseKernel, InspectResult, Prediction
 from flatscope.settings import Settings
 from flatscope.signature import NamedResult, Signature, signature_of
 
@@ -274,10 +273,16 @@ class ModelCore:
         # A Flatten layer that feeds no Dense layer has no kernel to return: None.
         dense = served.dense_kernels.get(layout.layer_name) if include_dense_kernel else None
         batch = self._batch(served, inputs)
-        seen = await self._inspect(
-            served, batch, layout, include_source, coordinate_start, coordinate_count, deadline
+        return await self._inspect(
+            served,
+            batch,
+            layout,
+            include_source,
+            coordinate_start,
+            coordinate_count,
+            deadline,
+            dense,
         )
-        return dataclasses.replace(seen, dense=dense) if dense is not None else seen
 
     async def _inspect(
         self,
@@ -288,6 +293,7 @@ class ModelCore:
         coordinate_start: int,
         coordinate_count: int,
         deadline: float | None,
+        dense: DenseKernel | None = None,
     ) -> InspectResult:
         per_example = served.output_size + layout.flat_size * (1 + include_source)
         expect_reply(_FLOAT * len(batch) * per_example)
@@ -303,6 +309,7 @@ class ModelCore:
             layout=layout,
             coordinate_start=coordinate_start,
             coordinates=layout.coordinates(coordinate_start, coordinate_count),
+            dense=dense,
         )
 
     async def _submit(

@@ -198,13 +198,12 @@ def accepted(name: str) -> str:
         return "one of " + ", ".join(choices(name))
     if annotation is bool:
         return "true or false"
-    if isinstance(annotation, types.UnionType) and Path in get_args(annotation):
-        return "a file path"
-    if isinstance(annotation, types.UnionType) and set(get_args(annotation)) - {type(None)} in (
-        {int},
-        {float},
-    ):  # optional: unset means a default policy (see the field's description)
-        (annotation,) = set(get_args(annotation)) - {type(None)}
+    if isinstance(annotation, types.UnionType):
+        given = set(get_args(annotation)) - {type(None)}
+        if Path in given:
+            return "a file path"
+        if len(given) == 1:  # optional: unset means a default policy (the description's)
+            (annotation,) = given
     if annotation not in (int, float):
         return "text"
     noun = "an integer" if annotation is int else "a number"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import math
 import time
@@ -41,7 +42,7 @@ class ServedModel:
         """The model's input shape without the batch axis (always fully known)."""
         return self.description.inputs[0].shape[1:]
 
-    @property
+    @functools.cached_property  # read on every request (admission's reply estimate)
     def output_size(self) -> int:
         """Numbers the model's prediction holds per example (unknown dimensions count 1)."""
         return math.prod(d or 1 for d in self.description.outputs[0].shape[1:])

@@ -258,9 +258,8 @@ def _example(args: argparse.Namespace, client) -> np.ndarray:
         from flatscope.images import load_image
 
         fit = args.fit or ("digit" if meta.source.startswith("embedded:") else "stretch")
-        return load_image(args.image, shape, invert=True if args.invert else None, fit=fit)[
-            np.newaxis
-        ]
+        # No --invert: None, so that load_image decides from the picture's border.
+        return load_image(args.image, shape, invert=args.invert or None, fit=fit)[np.newaxis]
     return np.random.default_rng(args.seed).random((1, *shape), dtype=np.float32)
 
 

@@ -296,7 +296,8 @@ class ModelCore:
         dense: DenseKernel | None = None,
     ) -> InspectResult:
         per_example = served.output_size + layout.flat_size * (1 + include_source)
-        expect_reply(_FLOAT * len(batch) * per_example)
+        kernel = dense.kernel.nbytes if dense is not None else 0
+        expect_reply(_FLOAT * len(batch) * per_example + kernel)
         outputs, *tensors_at = await self._submit(batch, True, deadline)
         at = 2 * served.runner.flatten_layers.index(layout.layer_name)
         return InspectResult(

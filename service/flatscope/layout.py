@@ -144,6 +144,24 @@ class FlattenLayout:
         return tuple(sorted(range(self.rank), key=lambda a: -self.strides[a]))
 
 
+def row_major_strides(shape: tuple[int, ...], order: Sequence[int]) -> tuple[int, ...]:
+    """Strides of ``shape``'s axes when laid out in ``order`` (slowest first), row-major.
+
+    Args:
+        shape: The source shape, without the batch axis.
+        order: Every axis of ``shape`` once, the slowest-varying first.
+
+    Returns:
+        For each axis of ``shape``, its step in the flat index.
+    """
+    strides = [0] * len(shape)
+    step = 1
+    for axis in reversed(order):
+        strides[axis] = step
+        step *= shape[axis]
+    return tuple(strides)
+
+
 def flatten_layout(
     layer_name: str,
     source_shape: Sequence[int],
@@ -176,18 +194,14 @@ def flatten_layout(
     order = tuple(range(rank))
     if data_format == CHANNELS_FIRST and rank > 1:
         order = (*range(1, rank), 0)
-    strides = [0] * rank
-    step = 1
-    for axis in reversed(order):
-        strides[axis] = step
-        step *= shape[axis]
+    strides = row_major_strides(shape, order)
     naming_format = source_data_format or data_format
     layout = FlattenLayout(
         layer_name=layer_name,
         data_format=data_format,
         source_shape=shape,
         axis_names=axis_names(rank, naming_format),
-        strides=tuple(strides),
+        strides=strides,
         source_data_format=source_data_format,
     )
     if source_data_format and source_data_format != data_format and rank > 1:

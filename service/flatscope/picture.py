@@ -11,7 +11,7 @@ import math
 
 import numpy as np
 
-from flatscope.layout import FlattenLayout
+from flatscope.layout import FlattenLayout, row_major_strides
 from flatscope.results import InspectResult
 
 MAX_UNITS = 10  # Dense units drawn, the predicted one first
@@ -181,12 +181,8 @@ def _wrong_layout(layout: FlattenLayout) -> FlattenLayout:
     channels = layout.axis_names.index("channels")
     order.remove(channels)
     order = [channels, *order] if layout.flat_order[-1] == "channels" else [*order, channels]
-    strides = [0] * layout.rank
-    step = 1
-    for axis in reversed(order):
-        strides[axis] = step
-        step *= layout.source_shape[axis]
-    return dataclasses.replace(layout, strides=tuple(strides), note="")
+    strides = row_major_strides(layout.source_shape, order)
+    return dataclasses.replace(layout, strides=strides, note="")
 
 
 def _units(scores: np.ndarray, count: int) -> tuple[int, ...]:

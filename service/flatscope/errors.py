@@ -64,6 +64,12 @@ class DeadlineExceededError(FlatscopeError):
     code = Code.DEADLINE_EXCEEDED
 
 
+class ReceiveTimeoutError(DeadlineExceededError):
+    """A request that did not arrive within --receive-timeout; counted as a drop."""
+
+    reason = "receive_timeout"
+
+
 class NotReadyError(FlatscopeError):
     """The model is still loading or warming up."""
 

@@ -14,9 +14,9 @@ from flatscope import admission as admitting
 from flatscope.admission import Admission, Ticket
 from flatscope.batching import DEADLINE_SLACK
 from flatscope.errors import (
-    DeadlineExceededError,
     FlatscopeError,
     InvalidInputError,
+    ReceiveTimeoutError,
     status_message,
 )
 from flatscope.metrics import Metrics, RpcMetrics
@@ -209,7 +209,7 @@ async def _receive(context: grpc.aio.ServicerContext, timeout: float) -> bytes:
     """The call's one request message, as bytes; waits at most ``timeout`` seconds.
 
     Raises:
-        DeadlineExceededError: The message did not arrive in time.
+        ReceiveTimeoutError: The message did not arrive in time.
         InvalidInputError: The client half-closed without sending one.
     """
     task = asyncio.current_task()
@@ -229,7 +229,7 @@ async def _receive(context: grpc.aio.ServicerContext, timeout: float) -> bytes:
             raise
         if hasattr(task, "uncancel"):  # Python 3.11+: this cancellation is handled here
             task.uncancel()
-        raise _ReceiveTimeout(
+        raise ReceiveTimeoutError(
             f"the request message did not arrive within {timeout:g} s of the call's start "
             "(--receive-timeout)"
         ) from None
@@ -242,12 +242,6 @@ async def _receive(context: grpc.aio.ServicerContext, timeout: float) -> bytes:
 
 class _NoRequest(InvalidInputError):
     """The request stream ended without a message."""
-
-
-class _ReceiveTimeout(DeadlineExceededError):
-    """The request message did not arrive within the receive timeout."""
-
-    reason = "receive_timeout"
 
 
 def _identity(data):

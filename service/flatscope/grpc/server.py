@@ -32,7 +32,8 @@ from flatscope.v1 import model_service_pb2, model_service_pb2_grpc
 
 log = logging.getLogger(__name__)
 
-SERVICE_NAME = model_service_pb2.DESCRIPTOR.services_by_name["ModelService"].full_name
+SERVICE = model_service_pb2.DESCRIPTOR.services_by_name["ModelService"]
+SERVICE_NAME = SERVICE.full_name
 
 
 class Server:
@@ -63,19 +64,19 @@ class Server:
             interceptors=[RpcInterceptor(self.metrics, limits)],
             options=_channel_options(settings),
         )
+        max_reply = settings.max_send_message_bytes
         model_service_pb2_grpc.add_ModelServiceServicer_to_server(
-            ModelServicer(self.core, settings.max_send_message_bytes), self._server
+            ModelServicer(self.core, max_reply), self._server
         )
         # The standard protocols, on the same port and the same core (batcher, metrics).
-        max_reply = settings.max_send_message_bytes
         kserve.InferenceServicer(self.core, max_reply, limits).add_to_server(self._server)
         tfserving.ModelStatusServicer(self.core, max_reply).add_to_server(self._server)
         tfserving.PredictionServicer(
-            self.core, settings.max_send_message_bytes, settings.tfserving_tensor_content
+            self.core, max_reply, settings.tfserving_tensor_content
         ).add_to_server(self._server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         served = (
-            model_service_pb2.DESCRIPTOR.services_by_name["ModelService"],
+            SERVICE,
             kserve.SERVICE,
             tfserving.SERVICE,
             tfserving.MODEL_SERVICE,

@@ -21,6 +21,7 @@ from flatscope.admission import Admission, Draining, Ticket
 from flatscope.errors import InvalidInputError
 from flatscope.http import jsonio
 from flatscope.http.errors import BodyTooLarge, NotJson, ReceiveTimeout
+from flatscope.tensors import ACCEPTED_DTYPE, TensorPayload, Wording
 
 TICKET = web.RequestKey("ticket", Ticket)
 T = TypeVar("T")
@@ -144,6 +145,16 @@ def float_array(what: str, value: Any) -> np.ndarray:
         raise InvalidInputError(
             f"{what} is not a list of numbers (nested lists must be rectangular)"
         ) from None
+
+
+def json_tensor(what: str, value: Any, wording: Wording) -> TensorPayload:
+    """A JSON value (see :func:`float_array`) as a tensor of its own shape.
+
+    Raises:
+        InvalidInputError: It is not numbers, or its lists are ragged.
+    """
+    array = float_array(what, value)
+    return TensorPayload(ACCEPTED_DTYPE, array.shape, b"", array.reshape(-1), wording)
 
 
 async def off_loop(large: bool, function: Callable[..., Any], *args: Any) -> Any:

@@ -12,9 +12,9 @@ from aiohttp import web
 
 from flatscope.errors import (
     Code,
-    DeadlineExceededError,
     FlatscopeError,
     InvalidInputError,
+    ReceiveTimeoutError,
     ResourceExhaustedError,
 )
 from flatscope.http import jsonio
@@ -42,10 +42,9 @@ class BodyTooLarge(ResourceExhaustedError):
     status = 413
 
 
-class ReceiveTimeout(DeadlineExceededError):
+class ReceiveTimeout(ReceiveTimeoutError):
     """A request body that did not arrive within --receive-timeout (408: the client's pace)."""
 
-    reason = "receive_timeout"
     status = 408
 
 

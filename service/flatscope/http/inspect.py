@@ -21,14 +21,8 @@ from aiohttp import web
 
 from flatscope.errors import InvalidInputError
 from flatscope.http import jsonio
-from flatscope.http.bodies import (
-    OFF_LOOP_ELEMENTS,
-    float_array,
-    off_loop,
-    parse_json,
-    read_body,
-)
-from flatscope.http.serving import SERVING, answer, check_reply_size
+from flatscope.http.bodies import json_tensor, parse_json, read_body
+from flatscope.http.serving import SERVING, answer, encoded_answer
 from flatscope.layout import FlattenLayout
 from flatscope.tensors import ACCEPTED_DTYPE, TensorPayload, Wording
 
@@ -136,21 +130,14 @@ def layout_json(found: FlattenLayout) -> dict[str, Any]:
 
 async def _json(serving, reply: dict[str, Any]) -> web.Response:
     size = sum(value.size for value in reply.values() if isinstance(value, np.ndarray))
-    data = await off_loop(size > OFF_LOOP_ELEMENTS, _dumps, reply)
-    check_reply_size(len(data), serving, ASK_FOR_LESS)
-    return web.Response(body=data, content_type="application/json")
-
-
-def _dumps(reply: dict[str, Any]) -> bytes:
-    return jsonio.dumps(reply)
+    return await encoded_answer(serving, size, ASK_FOR_LESS, jsonio.dumps, reply)
 
 
 def _inputs(body: dict[str, Any]) -> TensorPayload:
     value = body.get("inputs")
     if value is None:  # the core says what it expected
         return TensorPayload(ACCEPTED_DTYPE, (), wording=WORDING)
-    array = float_array("'inputs'", value)
-    return TensorPayload(ACCEPTED_DTYPE, array.shape, b"", array.reshape(-1), WORDING)
+    return json_tensor("'inputs'", value, WORDING)
 
 
 def _field(body: dict[str, Any], key: str, kind: type, default: Any) -> Any:

@@ -74,7 +74,8 @@ async def infer(request: web.Request) -> web.Response:
         header, kserve_body.EXPECTED, lambda body: kserve_body.infer_request(body, binary)
     )
     result = await core.infer(name, parsed.inputs, list(parsed.outputs), version)
-    labels = {core.signature(result.model_name).prediction.spec.name: core.metadata("").labels}
+    signature = core.signature(result.model_name)
+    labels = {signature.prediction.spec.name: core.metadata(result.model_name).labels}
     size = sum(array.size for array in result.outputs.values())
     head, parts = await off_loop(
         size > OFF_LOOP_ELEMENTS, kserve_body.infer_response, result, parsed, labels

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
@@ -10,7 +11,7 @@ from aiohttp import web
 from flatscope.core import ModelCore
 from flatscope.errors import reply_too_large
 from flatscope.http import jsonio
-from flatscope.http.bodies import BodyLimits
+from flatscope.http.bodies import OFF_LOOP_ELEMENTS, BodyLimits, off_loop
 
 
 @dataclasses.dataclass
@@ -46,3 +47,21 @@ def check_reply_size(size: int, serving: Serving, ask_for_less: str) -> None:
     """
     if size > serving.max_reply_bytes:
         raise reply_too_large(size, serving.max_reply_bytes, ask_for_less)
+
+
+async def encoded_answer(
+    serving: Serving,
+    elements: int,
+    ask_for_less: str,
+    encode: Callable[..., bytes],
+    *args: Any,
+) -> web.Response:
+    """The JSON answer ``encode(*args)`` writes, off the event loop for a reply of more
+    than OFF_LOOP_ELEMENTS tensor ``elements``; refused above --max-send-message-bytes.
+
+    Raises:
+        ResourceExhaustedError: It is too large; the message says how to ask for less.
+    """
+    data = await off_loop(elements > OFF_LOOP_ELEMENTS, encode, *args)
+    check_reply_size(len(data), serving, ask_for_less)
+    return web.Response(body=data, content_type="application/json")

@@ -17,17 +17,11 @@ from aiohttp import web
 
 from flatscope.errors import InvalidInputError
 from flatscope.http import jsonio
-from flatscope.http.bodies import (
-    OFF_LOOP_ELEMENTS,
-    float_array,
-    off_loop,
-    parse_json,
-    read_body,
-)
-from flatscope.http.serving import SERVING, answer, check_reply_size
+from flatscope.http.bodies import json_tensor, parse_json, read_body
+from flatscope.http.serving import SERVING, answer, encoded_answer
 from flatscope.metadata import ModelDescription, TensorSpec
 from flatscope.signature import NamedResult, Signature
-from flatscope.tensors import ACCEPTED_DTYPE, TensorPayload, Wording
+from flatscope.tensors import TensorPayload, Wording
 from flatscope.tfserving_signatures import (
     PREDICT_METHOD,
     no_version_labels,
@@ -94,9 +88,7 @@ async def predict(request: web.Request) -> web.Response:
     outputs = [output.spec.name for output in signature_outputs(signature, signature_name)]
     result = await core.infer(name, inputs, outputs, version)
     size = sum(array.size for array in result.outputs.values())
-    data = await off_loop(size > OFF_LOOP_ELEMENTS, predict_answer, result, rows)
-    check_reply_size(len(data), serving, ASK_FOR_LESS)
-    return web.Response(body=data, content_type="application/json")
+    return await encoded_answer(serving, size, ASK_FOR_LESS, predict_answer, result, rows)
 
 
 def predict_inputs(
@@ -189,8 +181,7 @@ def _tensor_info(spec: TensorSpec) -> dict[str, Any]:
 
 
 def _tensor(name: str, value: Any) -> TensorPayload:
-    array = float_array(f"input '{name}'", value)
-    return TensorPayload(ACCEPTED_DTYPE, array.shape, b"", array.reshape(-1), WORDING)
+    return json_tensor(f"input '{name}'", value, WORDING)
 
 
 def _addressed(request: web.Request) -> tuple[str, str]:

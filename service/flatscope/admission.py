@@ -2,7 +2,7 @@
 
 Transport-free: the gRPC layer asks :meth:`Admission.admit` once a call's request
 message has fully arrived (so a client that stalls before sending it holds no slot) and
-makes the ticket the call's :func:`current` one; the core, once it knows the batch and
+makes the ticket the running call's (task's) current one; the core, once it knows the batch and
 what is asked of it, reserves room for the reply (:func:`expect_reply`), so that a call
 whose reply could not be held is refused before its forward pass runs; the transport
 charges the reply's real size when it is encoded, and releases the ticket when the call
@@ -37,11 +37,6 @@ _current: contextvars.ContextVar[Ticket | None] = contextvars.ContextVar(
 )
 
 
-def current(ticket: Ticket) -> None:
-    """Makes ``ticket`` the one :func:`expect_reply` charges, for the running call (its task)."""
-    _current.set(ticket)
-
-
 def expect_reply(reply_bytes: int) -> None:
     """Reserves room for the running call's reply of about ``reply_bytes`` bytes.
 
@@ -62,6 +57,9 @@ class Refused(ResourceExhaustedError):
     def __init__(self, message: str, reason: str):
         super().__init__(message)
         self.reason = reason
+
+
+DRAINING = "the server is shutting down; retry (on another replica)"
 
 
 class Draining(ShuttingDownError):
@@ -98,10 +96,15 @@ class Admission:
     def admit(self, peer: str, request_bytes: int) -> Ticket:
         """Admits a call whose request message is ``request_bytes`` long.
 
+        The ticket becomes the running call's (its task's) current one, on which
+        :func:`expect_reply` reserves the reply's room.
+
         Raises:
+            Draining: The server is shutting down (see :meth:`check_open`).
             Refused: The server holds as many calls or bytes as it may
                 (RESOURCE_EXHAUSTED: back off and retry).
         """
+        self.check_open()
         if self.max_calls and self.calls >= self.max_calls:
             raise Refused(
                 f"the server is serving its limit of {self.max_calls} model calls at once "
@@ -120,7 +123,14 @@ class Admission:
                 )
             self._check_peer(peer, cost)
         self.calls += 1
-        return Ticket(self, peer, cost)
+        ticket = Ticket(self, peer, cost)
+        _current.set(ticket)
+        return ticket
+
+    def check_open(self) -> None:
+        """Raises Draining once :meth:`close` has been called (UNAVAILABLE: retry elsewhere)."""
+        if self.closed:
+            raise Draining(DRAINING)
 
     @property
     def bytes(self) -> int:
@@ -158,7 +168,7 @@ class Admission:
         """
         self.last_activity = time.monotonic()
         await self._released.wait()
-        raise Draining("the server is shutting down; retry (on another replica)")
+        raise Draining(DRAINING)
 
     def close(self) -> None:
         """Starts draining: calls that arrive from now on are held, then refused.

@@ -10,7 +10,6 @@ from collections.abc import Awaitable, Callable
 
 import grpc
 
-from flatscope import admission as admitting
 from flatscope.admission import Admission, Ticket
 from flatscope.batching import DEADLINE_SLACK
 from flatscope.errors import (
@@ -153,7 +152,6 @@ def _guarded_unary(
                 if admission.closed:
                     await admission.refuse_when_stopped()
                 ticket = admission.admit(context.peer(), len(data))
-                admitting.current(ticket)  # the core reserves the reply's room on it
             try:
                 request = parse(data)
             except Exception:  # any parser error means the client's bytes are bad

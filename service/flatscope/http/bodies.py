@@ -16,8 +16,7 @@ from typing import Any, TypeVar
 import numpy as np
 from aiohttp import web
 
-from flatscope import admission as admitting
-from flatscope.admission import Admission, Draining, Ticket
+from flatscope.admission import Admission, Ticket
 from flatscope.errors import InvalidInputError
 from flatscope.http import jsonio
 from flatscope.http.errors import BodyTooLarge, NotJson, ReceiveTimeout
@@ -56,8 +55,8 @@ async def read_body(request: web.Request, limits: BodyLimits) -> bytes:
         ReceiveTimeout: The body did not arrive in time (408).
     """
     admission = limits.admission
-    if admission is not None and admission.closed:
-        raise Draining("the server is shutting down; retry (on another replica)")
+    if admission is not None:
+        admission.check_open()  # before the body is read
     length = request.content_length
     if length is not None:
         _check_size(length, limits.max_bytes, "declares (Content-Length)")
@@ -76,8 +75,7 @@ async def read_body(request: web.Request, limits: BodyLimits) -> bytes:
 
 def _admit(request: web.Request, admission: Admission | None, size: int) -> None:
     if admission is not None:
-        request[TICKET] = ticket = admission.admit(peer(request), size)
-        admitting.current(ticket)  # the core reserves the reply's room on it
+        request[TICKET] = admission.admit(peer(request), size)
 
 
 def peer(request: web.Request) -> str:

@@ -214,13 +214,7 @@ class InferenceServicer(PartialServicer, grpc_service_pb2_grpc.GRPCInferenceServ
             Refused: Over a limit. Draining: the server is shutting down.
         """
         admission = self._limits.admission
-        if admission is None:
-            return None
-        if admission.closed:
-            raise admitting.Draining("the server is shutting down; retry (on another replica)")
-        ticket = admission.admit(peer, request_bytes)
-        admitting.current(ticket)
-        return ticket
+        return None if admission is None else admission.admit(peer, request_bytes)
 
     async def _infer(
         self, request: pb.ModelInferRequest, deadline: float | None

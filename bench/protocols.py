@@ -32,6 +32,7 @@ from common import (  # noqa: E402
     flatscope,
     free_port,
     print_medians,
+    rotated,
     server_process,
     summary,
 )
@@ -88,9 +89,8 @@ def main() -> None:
     results: dict[tuple[str, int], list[tuple[float, ...]]] = {}
     with server_process(flatscope("--metrics-port", str(free_port()))) as server:
         for round_ in range(args.rounds):
-            order = list(calls)[round_ % 3 :] + list(calls)[: round_ % 3]
             for concurrency in args.concurrency:
-                for protocol in order:
+                for protocol in rotated(list(calls), round_):
                     method, request, stub = calls[protocol]
                     cpu = cpu_seconds(server.pid)
                     latencies = asyncio.run(

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import sys
 from pathlib import Path
 
@@ -27,7 +26,16 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import drive, flatscope, free_port, print_medians, server_process, summary  # noqa: E402
+from common import (  # noqa: E402
+    cpu_seconds,
+    drive,
+    flatscope,
+    free_port,
+    print_medians,
+    rotated,
+    server_process,
+    summary,
+)
 from tensorflow.core.framework import tensor_shape_pb2, types_pb2  # noqa: E402
 from tensorflow_serving.apis import predict_pb2  # noqa: E402
 from tensorflow_serving.apis.prediction_service_pb2_grpc import (  # noqa: E402
@@ -66,12 +74,6 @@ def requests(image: np.ndarray) -> dict[str, tuple[str, object, object]]:
     }
 
 
-def cpu_seconds(pid: int) -> float:
-    """User plus system CPU time of a process so far, from /proc."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="8 rounds of 1 s per cell")
@@ -87,9 +89,8 @@ def main() -> None:
     results: dict[tuple[str, int], list[tuple[float, ...]]] = {}
     with server_process(flatscope("--metrics-port", str(free_port()))) as server:
         for round_ in range(args.rounds):
-            order = list(calls)[round_ % 3 :] + list(calls)[: round_ % 3]
             for concurrency in args.concurrency:
-                for protocol in order:
+                for protocol in rotated(list(calls), round_):
                     method, request, stub = calls[protocol]
                     cpu = cpu_seconds(server.pid)
                     latencies = asyncio.run(

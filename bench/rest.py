@@ -28,7 +28,16 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import cpu_seconds, drive, flatscope, free_port, print_medians, server_process, summary  # noqa: E402
+from common import (  # noqa: E402
+    cpu_seconds,
+    drive,
+    flatscope,
+    free_port,
+    print_medians,
+    rotated,
+    server_process,
+    summary,
+)
 from tritonclient.grpc import service_pb2 as kserve_pb  # noqa: E402
 from tritonclient.grpc.service_pb2_grpc import GRPCInferenceServiceStub  # noqa: E402
 
@@ -106,10 +115,8 @@ def main() -> None:
     with server_process(flatscope("--metrics-port", "0", "--http-port", http_port)) as server:
         base = f"http://127.0.0.1:{http_port}"
         for round_ in range(args.rounds):
-            shift = round_ % len(PROTOCOLS)
-            order = PROTOCOLS[shift:] + PROTOCOLS[:shift]
             for concurrency in args.concurrency:
-                for protocol in order:
+                for protocol in rotated(PROTOCOLS, round_):
                     cpu = cpu_seconds(server.pid)
                     if protocol == "grpc":
                         run = drive(

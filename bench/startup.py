@@ -33,18 +33,15 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import free_port  # noqa: E402
+
 SERVICE = Path(__file__).resolve().parent.parent / "service"
 TIMEOUT = 180.0
 # An error-level line: Python logging's "ERROR"/"CRITICAL", or absl/glog's E and F lines
 # (TensorFlow's and gRPC's native logs: "E0000 00:00:... file.cc:123] ...").
 ERROR_LINE = re.compile(r"\b(ERROR|CRITICAL)\b|^[EF]\d{4} ", re.MULTILINE)
-
-
-def free_port() -> int:
-    """A port that was free on 127.0.0.1 a moment ago."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def port_open(port: int) -> bool:

@@ -366,7 +366,11 @@ def test_health_command_exits_1_without_a_server():
     assert_one_line_error(result.stderr, "flatscope: UNAVAILABLE: ")
 
 
-@pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
+@pytest.mark.skipif(
+    shutil.which("make") is None,
+    reason="make is not installed: `make test` runs under make, so only a pytest run "
+    "outside make (on a machine without it) skips this",
+)
 def test_make_serve_passes_port_host_and_more_flags():
     def dry_run(*args: str, **env: str) -> str:
         # -n prints the command; -o: the venv counts as made, whatever is on this machine.

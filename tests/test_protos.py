@@ -9,6 +9,7 @@ import importlib.util
 import json
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -31,7 +32,10 @@ def generated_files(root: Path) -> dict[str, bytes]:
 
 
 def test_committed_code_matches_protos(tmp_path: Path):
-    pinned = "1.72.1"  # pyproject.toml's dev set; its protoc writes protobuf 6.30.0 code
+    # pyproject.toml's dev set pins it: its protoc writes protobuf 6.30.0 code.
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    dev = project["optional-dependencies"]["dev"]
+    [pinned] = [r.split("==")[1] for r in dev if r.startswith("grpcio-tools==")]
     installed = importlib.metadata.version("grpcio-tools")
     assert installed == pinned, f"grpcio-tools {installed}; install the dev set ({pinned})"
     result = subprocess.run(

@@ -114,7 +114,6 @@ def selects_pods(selector: dict[str, str], objects: tuple[dict, ...]) -> bool:
 
 
 @functools.cache
-@functools.cache
 def kubernetes_definitions() -> dict:
     """kubernetes-validate's strict definitions of Kubernetes KUBERNETES_VERSION, one document.
 
@@ -125,6 +124,7 @@ def kubernetes_definitions() -> dict:
     return json.loads((schemas / "_definitions.json").read_text())
 
 
+@functools.cache
 def definitions_validator(name: str) -> jsonschema.Validator:
     """A validator for one definition of the Kubernetes schemas (e.g. ObjectMeta)."""
     contents = kubernetes_definitions()

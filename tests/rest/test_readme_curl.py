@@ -28,7 +28,11 @@ def test_the_section_has_curl_examples():
     assert sum(line.startswith("curl ") for line in commands) >= 6
 
 
-@pytest.mark.skipif(shutil.which("curl") is None, reason="needs curl")
+@pytest.mark.skipif(
+    shutil.which("curl") is None,
+    reason="curl is not installed: the README's examples are curl commands "
+    "(.ci/run installs curl, so CI runs this)",
+)
 def test_readme_curl_examples_answer_what_the_comments_show(
     rest_server: ServerProcess, tmp_path: Path
 ):

@@ -7,9 +7,11 @@ import asyncio
 import pytest
 
 from flatscope.admission import (
+    MAX_WAITING,
     PEER_SHARE,
     REPLY_COPIES,
     REQUEST_COPIES,
+    ROOM_PATIENCE,
     SMALL_REPLY,
     Admission,
     Refused,
@@ -105,6 +107,54 @@ def test_one_connection_holds_at_most_its_share_replies_included():
     admission.admit("other", 1000)  # everyone else is still served
     ticket.release()
     admission.admit("greedy", 1000)
+
+
+def test_a_call_refused_for_room_is_admitted_when_a_call_ends_within_the_patience():
+    """A client that sends its next call on reading a reply can beat the server's notice
+    that the reply went out (which releases the earlier call's share): the new call waits."""
+
+    async def scenario() -> tuple[float, int]:
+        admission = Admission(max_calls=0, budget_bytes=4_000_000)
+        earlier = admission.admit("reader", 1000)
+        earlier.charge_reply(admission.budget_bytes // 2 // REPLY_COPIES)  # over its share
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        loop.call_later(ROOM_PATIENCE / 4, earlier.release)
+        ticket = await admission.admit_when_room("reader", 1000)
+        waited = loop.time() - start
+        ticket.release()
+        return waited, admission.waiting
+
+    waited, waiting = asyncio.run(scenario())
+    assert ROOM_PATIENCE / 4 <= waited < ROOM_PATIENCE
+    assert waiting == 0
+
+
+def test_a_refusal_stands_when_no_room_comes_within_the_patience_or_too_many_wait():
+    async def scenario() -> float:
+        admission = Admission(max_calls=1, budget_bytes=0)
+        running = admission.admit("a", 10)
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        with pytest.raises(Refused) as refused:
+            await admission.admit_when_room("b", 10)
+        waited = loop.time() - start
+        assert refused.value.reason == "concurrency"
+        # Calls that wait for room are bounded; beyond them refusals are immediate.
+        waiters = [
+            asyncio.create_task(admission.admit_when_room(f"w{i}", 10)) for i in range(MAX_WAITING)
+        ]
+        await asyncio.sleep(0)
+        assert admission.waiting == MAX_WAITING
+        with pytest.raises(Refused):
+            admission.admit_when_room("late", 10).send(None)  # refused without suspending
+        running.release()  # room for exactly one: one waiter gets in, the rest go on waiting
+        done = await asyncio.gather(*waiters, return_exceptions=True)
+        admitted = [ticket for ticket in done if not isinstance(ticket, Refused)]
+        assert len(admitted) == 1 and admission.calls == 1 and admission.waiting == 0
+        return waited
+
+    assert ROOM_PATIENCE <= asyncio.run(scenario()) < 10 * ROOM_PATIENCE
 
 
 def test_draining_holds_new_calls_until_released_then_refuses_them_unavailable():

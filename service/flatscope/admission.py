@@ -30,6 +30,13 @@ REQUEST_COPIES = 3
 REPLY_COPIES = 2
 PEER_SHARE = 0.25
 SMALL_REPLY = 64 * 1024
+# A call refused for want of room waits this long (seconds) for calls to end before its
+# refusal stands: a client that sends its next call on reading a reply can be faster than
+# the server's notice that the reply went out, which releases the earlier call's share.
+ROOM_PATIENCE = 0.1
+# At most this many calls wait for room at once; beyond it, refusals are immediate (a
+# waiting call's request bytes are in memory but not in the budget).
+MAX_WAITING = 64
 
 
 _current: contextvars.ContextVar[Ticket | None] = contextvars.ContextVar(
@@ -92,6 +99,9 @@ class Admission:
         self.last_activity = 0.0
         self._idle = asyncio.Event()
         self._released = asyncio.Event()
+        # Calls waiting for room (admit_when_room), woken by the next release.
+        self.waiting = 0
+        self._room: asyncio.Event | None = None
 
     def admit(self, peer: str, request_bytes: int) -> Ticket:
         """Admits a call whose request message is ``request_bytes`` long.
@@ -126,6 +136,37 @@ class Admission:
         ticket = Ticket(self, peer, cost)
         _current.set(ticket)
         return ticket
+
+    async def admit_when_room(self, peer: str, request_bytes: int) -> Ticket:
+        """:meth:`admit`, retried as calls end for up to :data:`ROOM_PATIENCE` seconds.
+
+        Raises:
+            Draining: The server is shutting down.
+            Refused: Still over a limit after waiting, or too many calls wait already.
+        """
+        try:
+            return self.admit(peer, request_bytes)
+        except Refused:
+            if self.waiting >= MAX_WAITING:
+                raise
+        loop = asyncio.get_running_loop()
+        end = loop.time() + ROOM_PATIENCE
+        self.waiting += 1
+        try:
+            while True:
+                if self._room is None:
+                    self._room = asyncio.Event()
+                try:
+                    await asyncio.wait_for(self._room.wait(), end - loop.time())
+                except TimeoutError:
+                    return self.admit(peer, request_bytes)  # the last try: its refusal stands
+                try:
+                    return self.admit(peer, request_bytes)
+                except Refused:
+                    if loop.time() >= end:
+                        raise
+        finally:
+            self.waiting -= 1
 
     def check_open(self) -> None:
         """Raises Draining once :meth:`close` has been called (UNAVAILABLE: retry elsewhere)."""
@@ -288,6 +329,10 @@ class Ticket:
         if held:
             admission._drop(self._peer, held)
         self._request = self._reply = 0
+        room = admission._room
+        if room is not None:  # calls wait for room: each tries again
+            admission._room = None
+            room.set()
         if admission.closed:
             # Its client may call again on the reply: that call must be held too.
             admission._activity()

@@ -26,6 +26,7 @@ from tritonclient.utils import InferenceServerException
 from waiting import settled
 
 import flatscope
+from flatscope import admission as admitting
 from flatscope.batching import BatchingConfig
 from flatscope.client import Client
 
@@ -647,9 +648,11 @@ def test_repository_index_lists_the_served_model(client):
     assert [(m.name, m.version, m.state) for m in index.models] == [("digits", "1", "READY")]
 
 
-def test_stream_requests_are_admitted_like_calls_and_give_their_share_back():
+def test_stream_requests_are_admitted_like_calls_and_give_their_share_back(monkeypatch):
     import queue
 
+    # Refusals at once: no waiting for room (for which each answer written makes some).
+    monkeypatch.setattr(admitting, "ROOM_PATIENCE", 0.0)
     budget = 4 * 2**20  # replies' half 2 MiB: one 16-example source reply (2.4 MB held) alone
     server = ServerThread(settings(memory_budget=budget)).load_model()
     answers: queue.Queue = queue.Queue()

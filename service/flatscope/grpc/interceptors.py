@@ -151,7 +151,7 @@ def _guarded_unary(
             if admission is not None:
                 if admission.closed:
                     await admission.refuse_when_stopped()
-                ticket = admission.admit(context.peer(), len(data))
+                ticket = await admission.admit_when_room(context.peer(), len(data))
             try:
                 request = parse(data)
             except Exception:  # any parser error means the client's bytes are bad

@@ -60,7 +60,7 @@ async def read_body(request: web.Request, limits: BodyLimits) -> bytes:
     length = request.content_length
     if length is not None:
         _check_size(length, limits.max_bytes, "declares (Content-Length)")
-        _admit(request, admission, length)
+        await _admit(request, admission, length)
     try:
         data = await asyncio.wait_for(_read(request, limits.max_bytes), limits.receive_timeout)
     except TimeoutError:
@@ -69,13 +69,13 @@ async def read_body(request: web.Request, limits: BodyLimits) -> bytes:
             "(--receive-timeout)"
         ) from None
     if length is None:
-        _admit(request, admission, len(data))
+        await _admit(request, admission, len(data))
     return data
 
 
-def _admit(request: web.Request, admission: Admission | None, size: int) -> None:
+async def _admit(request: web.Request, admission: Admission | None, size: int) -> None:
     if admission is not None:
-        request[TICKET] = admission.admit(peer(request), size)
+        request[TICKET] = await admission.admit_when_room(peer(request), size)
 
 
 def peer(request: web.Request) -> str:

@@ -181,7 +181,7 @@ class InferenceServicer(PartialServicer, grpc_service_pb2_grpc.GRPCInferenceServ
         """The answer to one request of a stream, and the admission ticket it holds."""
         ticket = None
         try:
-            ticket = self._admit(peer, request.ByteSize())
+            ticket = await self._admit(peer, request.ByteSize())
             reply = await self._infer(request, deadline)
             size = len(common.encoded(reply, self._max_reply_bytes, ASK_FOR_LESS))
             if ticket is not None:
@@ -207,14 +207,14 @@ class InferenceServicer(PartialServicer, grpc_service_pb2_grpc.GRPCInferenceServ
         )
         return pb.ModelStreamInferResponse(error_message=message, infer_response=failed), ticket
 
-    def _admit(self, peer: str, request_bytes: int) -> admitting.Ticket | None:
+    async def _admit(self, peer: str, request_bytes: int) -> admitting.Ticket | None:
         """Admits one request of a stream (in its own task, so the ticket is its current one).
 
         Raises:
             Refused: Over a limit. Draining: the server is shutting down.
         """
         admission = self._limits.admission
-        return None if admission is None else admission.admit(peer, request_bytes)
+        return None if admission is None else await admission.admit_when_room(peer, request_bytes)
 
     async def _infer(
         self, request: pb.ModelInferRequest, deadline: float | None

@@ -24,6 +24,7 @@ from flatscope.core import ModelCore
 from flatscope.errors import ConfigError
 from flatscope.grpc import kserve, tfserving
 from flatscope.grpc.interceptors import CallLimits, RpcInterceptor
+from flatscope.grpc.methods import GenericOnly
 from flatscope.grpc.servicer import ModelServicer
 from flatscope.http.app import HttpServer
 from flatscope.metrics import Metrics, serve_metrics
@@ -65,8 +66,9 @@ class Server:
             options=_channel_options(settings),
         )
         max_reply = settings.max_send_message_bytes
+        generic = GenericOnly(self._server)
         model_service_pb2_grpc.add_ModelServiceServicer_to_server(
-            ModelServicer(self.core, max_reply), self._server
+            ModelServicer(self.core, max_reply), generic
         )
         # The standard protocols, on the same port and the same core (batcher, metrics).
         kserve.InferenceServicer(self.core, max_reply, limits).add_to_server(self._server)
@@ -74,7 +76,7 @@ class Server:
         tfserving.PredictionServicer(
             self.core, max_reply, settings.tfserving_tensor_content
         ).add_to_server(self._server)
-        health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, generic)
         served = (
             SERVICE,
             kserve.SERVICE,

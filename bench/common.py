@@ -260,8 +260,14 @@ def measure(
         codes = h2load.grpc_codes(server.metrics_port, method)
         codes.subtract(codes_before)
         # h2load resets the streams still open when its time is up (CANCELLED), at the
-        # end of the warm-up run and of the measured one.
-        codes["CANCELLED"] = max(0, codes["CANCELLED"] - 2 * in_flight)
+        # end of the warm-up run and of the measured one. A stream reset between its
+        # headers and its message is counted RESOURCE_EXHAUSTED: gRPC shows the server
+        # such a call exactly as one whose message it refused as too large.
+        reset = min(2 * in_flight, codes["CANCELLED"] + codes["RESOURCE_EXHAUSTED"])
+        for code in ("CANCELLED", "RESOURCE_EXHAUSTED"):
+            taken = min(reset, codes[code])
+            codes[code] -= taken
+            reset -= taken
         wrong = {code: n for code, n in codes.items() if code != "OK" and n}
         if wrong or codes["OK"] < result.requests:
             raise RuntimeError(

@@ -31,6 +31,20 @@ class Settings(BaseSettings):
         description="HTTP/REST port: KServe v2 and TF Serving REST and flatscope's own JSON "
         "API, on the same model, limits and TLS as gRPC (0: off).",
     )
+    http_max_connections: int = Field(
+        1000,
+        ge=0,
+        description="HTTP connections open at once; one beyond it is answered 503 and "
+        "closed before it is read (0: no limit). Connections, not requests: keep-alive "
+        "clients reuse theirs.",
+    )
+    http_idle_timeout: float = Field(
+        75.0,
+        gt=0,
+        description="Seconds an HTTP connection may take to send a request's whole head, "
+        "counted from its opening or its previous answer; then the server closes it. Keep "
+        "it above the idle timeout of a load balancer in front.",
+    )
     metrics_port: int = Field(
         8502, ge=0, le=65535, description="Port of the Prometheus /metrics endpoint (0: off)."
     )

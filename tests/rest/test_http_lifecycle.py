@@ -81,3 +81,42 @@ def test_sigterm_drains_http_like_grpc(tmp_path):
     assert statuses and set(statuses) <= {200, 503}, statuses
     assert statuses.count(200) >= 4, statuses  # served during the delay
     assert len(errors) == 4  # each caller ended on the closed port, not on a failed call
+
+
+def test_connections_that_never_send_a_request_are_capped_then_closed(tmp_path):
+    """Slow-loris: connections that send part of a request head and stop hold at most
+    --http-max-connections, for at most --http-idle-timeout; one beyond the cap is answered
+    503 (with the flag in its message) and the gRPC port, which shares the process's
+    descriptors, keeps serving."""
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    cap, idle = 20, 3.0
+    server = ServerProcess(
+        tmp_path / "serve.log",
+        *("--http-max-connections", str(cap), "--http-idle-timeout", str(idle)),
+        http=True,
+        metrics=True,
+    )
+    with server.serving():
+        opened = time.monotonic()
+        held = []
+        for _ in range(cap):
+            sock = socket.create_connection(("127.0.0.1", server.http_port), timeout=TIMEOUT)
+            sock.sendall(b"POST /v2/models/digits/infer HTTP/1.1\r\nHost: x\r\n")  # no end
+            held.append(sock)
+        # The server counts a connection once its loop has accepted it: ask until it has.
+        while (reply := requests.get(server.http_url + "/v2", timeout=TIMEOUT)).ok:
+            assert time.monotonic() - opened < idle, "the cap never refused a connection"
+        assert reply.status_code == 503
+        assert "--http-max-connections" in reply.json()["error"]
+        assert server.metric("flatscope_requests_dropped_total", {"reason": "connections"}) >= 1
+        with grpc.insecure_channel(server.target) as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            answer = health.Check(health_pb2.HealthCheckRequest(), timeout=TIMEOUT)
+            assert answer.status == health_pb2.HealthCheckResponse.SERVING
+        for sock in held:  # closed by the server once idle has passed since it opened
+            assert sock.recv(1024) == b""
+            sock.close()
+        assert idle <= time.monotonic() - opened < idle + 10
+        assert requests.get(server.http_url + "/v2/health/ready", timeout=TIMEOUT).ok

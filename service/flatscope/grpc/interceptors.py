@@ -189,7 +189,9 @@ def _guarded_unary(
             except asyncio.CancelledError:
                 # The call had ended already. Before its message, gRPC itself ends a call
                 # only by refusing the message as too large (a read then sees no message);
-                # else its deadline passed or its client left.
+                # else its deadline passed or its client left. A client that resets its
+                # stream between its headers and its message looks exactly the same here
+                # (gRPC Python shows neither the refusal nor the reset): counted too large.
                 if isinstance(exc, _NoRequest):
                     code = "RESOURCE_EXHAUSTED"
                     dropped("too_large")

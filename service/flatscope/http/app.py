@@ -16,6 +16,7 @@ from flatscope.core import ModelCore
 from flatscope.errors import ConfigError, FlatscopeError, status_message
 from flatscope.http import inspect, kserve, tfserving
 from flatscope.http.bodies import TICKET, BodyLimits
+from flatscope.http.connections import CappedSite
 from flatscope.http.errors import INTERNAL, error_response, http_error, status_of
 from flatscope.http.serving import SERVING, Serving
 from flatscope.metrics import HttpCollector
@@ -61,7 +62,11 @@ class HttpServer:
         for api in (kserve, tfserving, inspect):
             app.add_routes(api.ROUTES)
         self._runner = web.AppRunner(
-            app, access_log=None, handle_signals=False, shutdown_timeout=settings.shutdown_grace
+            app,
+            access_log=None,
+            handle_signals=False,
+            shutdown_timeout=settings.shutdown_grace,
+            keepalive_timeout=settings.http_idle_timeout,
         )
         self.port = 0
 
@@ -74,8 +79,13 @@ class HttpServer:
         settings = self._settings
         context = ssl_context(settings)
         await self._runner.setup()
-        site = web.TCPSite(
-            self._runner, settings.host, settings.http_port, ssl_context=context, reuse_port=False
+        site = CappedSite(
+            self._runner,
+            settings.host,
+            settings.http_port,
+            limit=settings.http_max_connections,
+            refused=lambda: self._dropped("connections"),
+            ssl_context=context,
         )
         try:
             await site.start()

@@ -1,0 +1,127 @@
+"""A cap on the HTTP connections open at once, applied where connections are accepted.
+
+aiohttp bounds a request's head (line and header sizes) but not how many connections stay
+open, nor, by default, how long one may wait for a request (an hour). Clients that open
+connections and send nothing, or a request head a byte at a time, would hold them and
+their file descriptors, which the gRPC port shares. So the server closes a connection that
+waits longer than ``--http-idle-timeout`` for a request's whole head (aiohttp's keep-alive
+timer, armed when the connection opens and after each answer, and not pushed back by
+partial data), and answers a connection beyond ``--http-max-connections`` with 503 and
+closes it before reading it: holding connections can take at most the HTTP port's
+connections for a while, never the process's descriptors or the gRPC port.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+from aiohttp import web
+
+from flatscope.http import jsonio
+
+LINGER = 1.0  # seconds a refused connection is read from before it is closed
+
+
+def refusal(limit: int) -> bytes:
+    """The whole HTTP answer to a connection beyond ``limit`` (503, JSON ``error``)."""
+    body = jsonio.dumps(
+        {
+            "error": f"the server holds its limit of {limit} HTTP connections "
+            "(--http-max-connections); retry with backoff, and reuse connections (keep-alive)"
+        }
+    )
+    head = (
+        "HTTP/1.1 503 Service Unavailable\r\n"
+        "Content-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n"
+        "Retry-After: 1\r\n"
+        "Connection: close\r\n\r\n"
+    )
+    return head.encode() + body
+
+
+class CappedSite(web.TCPSite):
+    """A TCP site that holds at most ``limit`` connections open at once.
+
+    Args:
+        runner: The app's runner, set up.
+        host: Address to listen on.
+        port: Port to listen on (0: any free port).
+        limit: Most connections open at once; 0 for no limit.
+        refused: Called for each connection refused.
+        ssl_context: TLS for the connections; None for plain HTTP.
+    """
+
+    __slots__ = ("_limit", "_refused")
+
+    def __init__(
+        self,
+        runner: web.BaseRunner,
+        host: str,
+        port: int,
+        *,
+        limit: int,
+        refused: Callable[[], None],
+        ssl_context=None,
+    ):
+        super().__init__(runner, host, port, ssl_context=ssl_context, reuse_port=False)
+        self._limit = limit
+        self._refused = refused
+
+    async def start(self) -> None:
+        await web.BaseSite.start(self)  # registers the site; TCPSite's own start is replaced
+        server = self._runner.server
+        assert server is not None  # the runner is set up
+        limit, answer = self._limit, refusal(self._limit)
+        lingering: set[_Refusal] = set()
+
+        def accept() -> asyncio.BaseProtocol:
+            if limit and len(server.connections) >= limit:
+                self._refused()
+                return _Refusal(answer, lingering, limit)
+            return server()
+
+        self._server = await asyncio.get_running_loop().create_server(
+            accept,
+            self._host,
+            self._port,
+            ssl=self._ssl_context,
+            backlog=self._backlog,
+            reuse_address=self._reuse_address,
+            reuse_port=False,
+        )
+        self._bound_port = self._server.sockets[0].getsockname()[1]
+
+
+class _Refusal(asyncio.Protocol):
+    """Writes the refusal as soon as the connection is made (after TLS), then closes it.
+
+    Closing a socket with request bytes still unread makes the kernel reset it, and a
+    client may then see the reset instead of the answer; so the refusal ends its sending
+    side and reads (and drops) what comes for up to :data:`LINGER` seconds, or closes at
+    once when as many refusals linger (``lingering``) as the limit allows connections.
+    """
+
+    def __init__(self, answer: bytes, lingering: set[_Refusal], limit: int):
+        self._answer = answer
+        self._lingering = lingering
+        self._limit = limit
+        self._timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport) -> None:  # asyncio's, or uvloop's (no subclass)
+        transport.write(self._answer)
+        if len(self._lingering) >= self._limit or not transport.can_write_eof():
+            transport.close()
+            return
+        transport.write_eof()
+        self._lingering.add(self)
+        self._timer = asyncio.get_running_loop().call_later(LINGER, transport.close)
+
+    def data_received(self, data: bytes) -> None:
+        """Dropped: the connection is refused."""
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._lingering.discard(self)

@@ -7,7 +7,6 @@ import asyncio
 import pytest
 
 from flatscope.admission import (
-    MAX_WAITING,
     PEER_SHARE,
     REPLY_COPIES,
     REQUEST_COPIES,
@@ -109,11 +108,11 @@ def test_one_connection_holds_at_most_its_share_replies_included():
     admission.admit("greedy", 1000)
 
 
-def test_a_call_refused_for_room_is_admitted_when_a_call_ends_within_the_patience():
+def test_a_call_refused_for_its_connections_share_waits_for_an_earlier_call_to_end():
     """A client that sends its next call on reading a reply can beat the server's notice
     that the reply went out (which releases the earlier call's share): the new call waits."""
 
-    async def scenario() -> tuple[float, int]:
+    async def scenario() -> float:
         admission = Admission(max_calls=0, budget_bytes=4_000_000)
         earlier = admission.admit("reader", 1000)
         earlier.charge_reply(admission.budget_bytes // 2 // REPLY_COPIES)  # over its share
@@ -123,38 +122,41 @@ def test_a_call_refused_for_room_is_admitted_when_a_call_ends_within_the_patienc
         ticket = await admission.admit_when_room("reader", 1000)
         waited = loop.time() - start
         ticket.release()
-        return waited, admission.waiting
-
-    waited, waiting = asyncio.run(scenario())
-    assert ROOM_PATIENCE / 4 <= waited < ROOM_PATIENCE
-    assert waiting == 0
-
-
-def test_a_refusal_stands_when_no_room_comes_within_the_patience_or_too_many_wait():
-    async def scenario() -> float:
-        admission = Admission(max_calls=1, budget_bytes=0)
-        running = admission.admit("a", 10)
-        loop = asyncio.get_running_loop()
-        start = loop.time()
-        with pytest.raises(Refused) as refused:
-            await admission.admit_when_room("b", 10)
-        waited = loop.time() - start
-        assert refused.value.reason == "concurrency"
-        # Calls that wait for room are bounded; beyond them refusals are immediate.
-        waiters = [
-            asyncio.create_task(admission.admit_when_room(f"w{i}", 10)) for i in range(MAX_WAITING)
-        ]
-        await asyncio.sleep(0)
-        assert admission.waiting == MAX_WAITING
-        with pytest.raises(Refused):
-            admission.admit_when_room("late", 10).send(None)  # refused without suspending
-        running.release()  # room for exactly one: one waiter gets in, the rest go on waiting
-        done = await asyncio.gather(*waiters, return_exceptions=True)
-        admitted = [ticket for ticket in done if not isinstance(ticket, Refused)]
-        assert len(admitted) == 1 and admission.calls == 1 and admission.waiting == 0
+        assert (admission.bytes, admission.calls) == (0, 0)
         return waited
 
-    assert ROOM_PATIENCE <= asyncio.run(scenario()) < 10 * ROOM_PATIENCE
+    assert ROOM_PATIENCE / 4 <= asyncio.run(scenario()) < ROOM_PATIENCE
+
+
+def test_other_refusals_stand_at_once_and_a_share_refusal_after_the_patience():
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        # The concurrency limit and the budget's halves: refused at once, as documented.
+        busy = Admission(max_calls=1, budget_bytes=0)
+        busy.admit("a", 10)
+        start = loop.time()
+        with pytest.raises(Refused) as refused:
+            await busy.admit_when_room("b", 10)
+        assert refused.value.reason == "concurrency"
+        assert loop.time() - start < ROOM_PATIENCE / 2
+        # The connection's share, with no call of it ending: refused after the patience,
+        # and a second call of the same connection meanwhile at once.
+        shared = Admission(max_calls=0, budget_bytes=4_000_000)
+        greedy = shared.admit("greedy", 1000)
+        greedy.charge_reply(shared.budget_bytes // 2 // REPLY_COPIES)
+        start = loop.time()
+        first = asyncio.create_task(shared.admit_when_room("greedy", 1000))
+        await asyncio.sleep(0)
+        with pytest.raises(Refused):
+            await shared.admit_when_room("greedy", 1000)
+        assert loop.time() - start < ROOM_PATIENCE / 2
+        with pytest.raises(Refused) as refused:
+            await first
+        assert "this connection holds" in str(refused.value)
+        assert ROOM_PATIENCE <= loop.time() - start < 10 * ROOM_PATIENCE
+        shared.admit("other", 1000)  # everyone else is still served
+
+    asyncio.run(scenario())
 
 
 def test_draining_holds_new_calls_until_released_then_refuses_them_unavailable():

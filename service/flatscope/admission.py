@@ -30,13 +30,12 @@ REQUEST_COPIES = 3
 REPLY_COPIES = 2
 PEER_SHARE = 0.25
 SMALL_REPLY = 64 * 1024
-# A call refused for want of room waits this long (seconds) for calls to end before its
-# refusal stands: a client that sends its next call on reading a reply can be faster than
-# the server's notice that the reply went out, which releases the earlier call's share.
+# A call refused because its connection holds its share of the budget waits this long
+# (seconds) for that share to come back before its refusal stands: a client that sends
+# its next call on reading a reply can be faster than the server's notice that the reply
+# went out, which releases the earlier call's share. One call per connection waits, and
+# the waiting requests' bytes (in memory, not in the budget) stay under a share.
 ROOM_PATIENCE = 0.1
-# At most this many calls wait for room at once; beyond it, refusals are immediate (a
-# waiting call's request bytes are in memory but not in the budget).
-MAX_WAITING = 64
 
 
 _current: contextvars.ContextVar[Ticket | None] = contextvars.ContextVar(
@@ -61,9 +60,10 @@ def expect_reply(reply_bytes: int) -> None:
 class Refused(ResourceExhaustedError):
     """A call refused by admission; ``reason`` labels ``flatscope_requests_dropped_total``."""
 
-    def __init__(self, message: str, reason: str):
+    def __init__(self, message: str, reason: str, peer: bool = False):
         super().__init__(message)
         self.reason = reason
+        self.peer = peer  # the connection's share is what is full
 
 
 DRAINING = "the server is shutting down; retry (on another replica)"
@@ -99,8 +99,9 @@ class Admission:
         self.last_activity = 0.0
         self._idle = asyncio.Event()
         self._released = asyncio.Event()
-        # Calls waiting for room (admit_when_room), woken by the next release.
-        self.waiting = 0
+        # Calls waiting for their connection's share (admit_when_room), by connection, and
+        # their request bytes; woken by the next release.
+        self._waiting: dict[str, int] = {}
         self._room: asyncio.Event | None = None
 
     def admit(self, peer: str, request_bytes: int) -> Ticket:
@@ -138,20 +139,24 @@ class Admission:
         return ticket
 
     async def admit_when_room(self, peer: str, request_bytes: int) -> Ticket:
-        """:meth:`admit`, retried as calls end for up to :data:`ROOM_PATIENCE` seconds.
+        """:meth:`admit`; a call refused for its connection's share tries again as calls
+        end, for up to :data:`ROOM_PATIENCE` seconds (see there).
 
         Raises:
             Draining: The server is shutting down.
-            Refused: Still over a limit after waiting, or too many calls wait already.
+            Refused: Over a limit; for the connection's share, still after waiting, or at
+                once when another call of the connection waits already.
         """
         try:
             return self.admit(peer, request_bytes)
-        except Refused:
-            if self.waiting >= MAX_WAITING:
+        except Refused as refused:
+            if not refused.peer or peer in self._waiting:
+                raise
+            if sum(self._waiting.values()) + request_bytes > self._peer_bytes:
                 raise
         loop = asyncio.get_running_loop()
         end = loop.time() + ROOM_PATIENCE
-        self.waiting += 1
+        self._waiting[peer] = request_bytes
         try:
             while True:
                 if self._room is None:
@@ -162,11 +167,11 @@ class Admission:
                     return self.admit(peer, request_bytes)  # the last try: its refusal stands
                 try:
                     return self.admit(peer, request_bytes)
-                except Refused:
-                    if loop.time() >= end:
+                except Refused as refused:
+                    if not refused.peer or loop.time() >= end:
                         raise
         finally:
-            self.waiting -= 1
+            del self._waiting[peer]
 
     def check_open(self) -> None:
         """Raises Draining once :meth:`close` has been called (UNAVAILABLE: retry elsewhere)."""
@@ -188,6 +193,7 @@ class Admission:
                 f"the most one connection may ({self._peer_bytes}); read the replies "
                 "of earlier calls, or retry with backoff",
                 "memory",
+                peer=True,
             )
 
     def received(self) -> None:

@@ -306,7 +306,9 @@ def test_health_answers_while_big_typed_replies_are_encoded(server, shape):
         lambda: attackers.big_message_latency(server.target, shape, seconds=6, typed=True),
     )
     result = outcome.result
-    assert set(result.statuses) == {"OK"}, result.describe()
+    # One call after another from one connection: each is admitted even when the client
+    # reads its reply before the server has noticed it went out (admit_when_room).
+    assert set(result.statuses) == {"OK"}, (result.describe(), outcome.dropped)
     assert result.facts.get("health p99 ms", float("inf")) <= HEALTH_P99_MS, result.describe()
 
 

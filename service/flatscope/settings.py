@@ -134,6 +134,13 @@ class Settings(BaseSettings):
         "what one client sends at once; a stream that sends no message costs little and "
         "ends after --receive-timeout.",
     )
+    max_connections: int = Field(
+        4096,
+        ge=0,
+        description="gRPC connections open at once; beyond it gRPC closes a new connection "
+        "as it arrives and its client sees UNAVAILABLE (0: no limit). A connection must also "
+        "finish its handshake (TLS, HTTP/2 preface) within --receive-timeout.",
+    )
     max_connection_age: float = Field(
         300.0,
         gt=0,

@@ -374,3 +374,57 @@ async def _call_through_sigterm(
         for channel in channels:
             await channel.close()
     return codes, exited_after
+
+
+def test_connections_beyond_the_cap_are_refused_and_silent_ones_closed(
+    tmp_path_factory: pytest.TempPathFactory,
+):
+    """A connection that never finishes its handshake is closed after --receive-timeout, and
+    at most --max-connections are open at once: the next one's calls get UNAVAILABLE until
+    one closes (the cap holds connections, and their descriptors, to what the flag says)."""
+    import socket
+
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    cap = 4
+    with hostile_server(tmp_path_factory, "--max-connections", str(cap)).serving() as server:
+        host, port = server.target.split(":")
+        silent = socket.create_connection((host, int(port)), timeout=TIMEOUT + 10)
+        opened = time.monotonic()
+        while silent.recv(4096):  # the server's SETTINGS, then its close
+            pass
+        assert time.monotonic() - opened < TIMEOUT + 5
+        silent.close()
+
+        def check(channel: grpc.Channel) -> str:
+            try:
+                health_pb2_grpc.HealthStub(channel).Check(
+                    health_pb2.HealthCheckRequest(), timeout=5
+                )
+                return "OK"
+            except grpc.RpcError as exc:
+                return exc.code().name
+
+        channels = [
+            grpc.insecure_channel(server.target, options=[attackers.OWN_CONNECTION])
+            for _ in range(cap + 1)
+        ]
+
+        def eventually_ok(channel: grpc.Channel) -> None:
+            # The server counts a closed connection out once it has seen it close.
+            deadline = time.monotonic() + 10
+            while (code := check(channel)) != "OK":
+                assert time.monotonic() < deadline, (
+                    f"{code}: a closed connection's room never came back"
+                )
+                time.sleep(0.2)
+
+        try:
+            for channel in channels[:cap]:
+                eventually_ok(channel)
+            assert check(channels[cap]) == "UNAVAILABLE"
+            channels.pop(0).close()  # one connection closes: room for one
+            eventually_ok(channels[-1])
+        finally:
+            for channel in channels:
+                channel.close()

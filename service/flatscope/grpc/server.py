@@ -18,7 +18,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 from prometheus_client import CollectorRegistry
 
-from flatscope import allocator, logs, ports
+from flatscope import allocator, logs, open_files, ports
 from flatscope.admission import Admission
 from flatscope.core import ModelCore
 from flatscope.errors import ConfigError
@@ -278,8 +278,8 @@ def _reflection_pool(files: Iterable[FileDescriptor]) -> descriptor_pool.Descrip
 
 
 def _channel_options(settings: Settings) -> list[tuple[str, int]]:
-    """gRPC core's limits: message sizes, streams per connection, connection age, keepalive."""
-    return [
+    """gRPC core's limits: message sizes, connections and their streams, age, keepalive."""
+    options = [
         ("grpc.max_receive_message_length", settings.max_receive_message_bytes),
         ("grpc.max_send_message_length", settings.max_send_message_bytes),
         ("grpc.max_concurrent_streams", settings.max_streams_per_connection),
@@ -297,7 +297,12 @@ def _channel_options(settings: Settings) -> list[tuple[str, int]]:
         ("grpc.server.max_pending_requests_hard_limit", UNBOUNDED),
         # A second server on a port in use must fail, not share it (gRPC sets SO_REUSEPORT).
         ("grpc.so_reuseport", 0),
+        # A connection that never finishes its handshake is closed (gRPC's default: 120 s).
+        ("grpc.server_handshake_timeout_ms", int(settings.receive_timeout * 1000)),
     ]
+    if settings.max_connections:
+        options.append(("grpc.max_allowed_incoming_connections", settings.max_connections))
+    return options
 
 
 # On shutdown, gRPC stops once no call has arrived or ended for this long.
@@ -330,6 +335,10 @@ def _server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
 async def serve(settings: Settings) -> None:
     """Runs a server until SIGINT or SIGTERM, then shuts it down gracefully."""
     allocator.map_large_buffers()
+    caps = {"--max-connections": settings.max_connections}
+    if settings.http_port:
+        caps["--http-max-connections"] = settings.http_max_connections
+    open_files.check_caps(open_files.raise_limit(), caps)
     server = Server(settings)
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()

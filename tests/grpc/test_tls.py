@@ -11,6 +11,8 @@ import dataclasses
 import datetime
 import ipaddress
 import re
+import socket
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -302,3 +304,37 @@ def test_metrics_endpoint_binds_to_its_own_address():
             urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=TIMEOUT)
     finally:
         server.stop()
+
+
+def test_tls_handshakes_count_against_the_http_cap_and_end_in_time(
+    pki: Pki, tmp_path_factory: pytest.TempPathFactory
+):
+    """Connections that never start their TLS handshake count against
+    --http-max-connections from the moment they are accepted (aiohttp sees a connection
+    only once its handshake is done) and are closed after --receive-timeout."""
+    cap, timeout = 5, 2.0
+    process = ServerProcess(
+        tmp_path_factory.mktemp("tls-cap") / "serve.log",
+        *("--http-max-connections", str(cap), "--receive-timeout", str(timeout)),
+        env={
+            "FLATSCOPE_TLS_CERT": str(pki.server.cert_file),
+            "FLATSCOPE_TLS_KEY": str(pki.server.key_file),
+        },
+        client=client_files(pki),
+        http=True,
+    )
+    with process.serving() as server:
+        url = f"https://127.0.0.1:{server.http_port}/v2/health/ready"
+        opened = time.monotonic()
+        silent = [
+            socket.create_connection(("127.0.0.1", server.http_port), timeout=TIMEOUT)
+            for _ in range(cap)
+        ]
+        reply = requests.get(url, verify=str(pki.ca.file), timeout=TIMEOUT)
+        assert reply.status_code == 503, reply.text
+        assert "--http-max-connections" in reply.json()["error"]
+        for sock in silent:  # closed by the server once the handshake's time is up
+            assert sock.recv(1024) == b""
+            sock.close()
+        assert timeout <= time.monotonic() - opened < timeout + 10
+        assert requests.get(url, verify=str(pki.ca.file), timeout=TIMEOUT).ok

@@ -86,6 +86,7 @@ class HttpServer:
             limit=settings.http_max_connections,
             refused=lambda: self._dropped("connections"),
             ssl_context=context,
+            handshake_timeout=settings.receive_timeout,
         )
         try:
             await site.start()

@@ -9,11 +9,18 @@ timer, armed when the connection opens and after each answer, and not pushed bac
 partial data), and answers a connection beyond ``--http-max-connections`` with 503 and
 closes it before reading it: holding connections can take at most the HTTP port's
 connections for a while, never the process's descriptors or the gRPC port.
+
+A connection counts from the moment it is accepted: with TLS, aiohttp learns of it only
+once its handshake is done, and a burst accepted in one go would all see the count from
+before it; so connections not yet handed to aiohttp are counted here (until the handoff,
+or until the connection is gone), and a TLS handshake must end within
+``--receive-timeout`` (asyncio's default: 60 s).
 """
 
 from __future__ import annotations
 
 import asyncio
+import weakref
 from collections.abc import Callable
 
 from aiohttp import web
@@ -51,9 +58,10 @@ class CappedSite(web.TCPSite):
         limit: Most connections open at once; 0 for no limit.
         refused: Called for each connection refused.
         ssl_context: TLS for the connections; None for plain HTTP.
+        handshake_timeout: Seconds a TLS handshake may take.
     """
 
-    __slots__ = ("_limit", "_refused")
+    __slots__ = ("_limit", "_refused", "_handshake_timeout")
 
     def __init__(
         self,
@@ -64,10 +72,12 @@ class CappedSite(web.TCPSite):
         limit: int,
         refused: Callable[[], None],
         ssl_context=None,
+        handshake_timeout: float = 60.0,
     ):
         super().__init__(runner, host, port, ssl_context=ssl_context, reuse_port=False)
         self._limit = limit
         self._refused = refused
+        self._handshake_timeout = handshake_timeout
 
     async def start(self) -> None:
         await web.BaseSite.start(self)  # registers the site; TCPSite's own start is replaced
@@ -75,13 +85,15 @@ class CappedSite(web.TCPSite):
         assert server is not None  # the runner is set up
         limit, answer = self._limit, refusal(self._limit)
         lingering: set[_Refusal] = set()
+        arriving: weakref.WeakSet[_Arriving] = weakref.WeakSet()
 
         def accept() -> asyncio.BaseProtocol:
-            if limit and len(server.connections) >= limit:
+            if limit and len(server.connections) + len(arriving) >= limit:
                 self._refused()
                 return _Refusal(answer, lingering, limit)
-            return server()
+            return _Arriving(server(), arriving)
 
+        tls = {"ssl_handshake_timeout": self._handshake_timeout} if self._ssl_context else {}
         self._server = await asyncio.get_running_loop().create_server(
             accept,
             self._host,
@@ -90,8 +102,42 @@ class CappedSite(web.TCPSite):
             backlog=self._backlog,
             reuse_address=self._reuse_address,
             reuse_port=False,
+            **tls,
         )
         self._bound_port = self._server.sockets[0].getsockname()[1]
+
+
+class _Arriving(asyncio.Protocol):
+    """aiohttp's handler of an accepted connection, counted in ``arriving`` until the
+    connection is handed to it (then aiohttp counts it) or is gone (a TLS handshake that
+    failed or timed out never reaches the handler: the set holds it weakly)."""
+
+    __slots__ = ("_handler", "_arriving", "__weakref__")
+
+    def __init__(self, handler: asyncio.Protocol, arriving: weakref.WeakSet[_Arriving]):
+        self._handler = handler
+        self._arriving = arriving
+        arriving.add(self)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._arriving.discard(self)
+        self._handler.connection_made(transport)
+
+    def data_received(self, data: bytes) -> None:
+        self._handler.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return self._handler.eof_received()
+
+    def pause_writing(self) -> None:
+        self._handler.pause_writing()
+
+    def resume_writing(self) -> None:
+        self._handler.resume_writing()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._arriving.discard(self)
+        self._handler.connection_lost(exc)
 
 
 class _Refusal(asyncio.Protocol):

@@ -190,3 +190,22 @@ def test_wait_quiet_returns_once_nothing_arrived_for_the_quiet_time():
         return loop.time() - start
 
     assert 0.28 <= asyncio.run(scenario()) < 2.0
+
+
+def test_a_call_cancelled_while_it_waits_for_room_is_not_admitted():
+    """Even when its cancellation comes in the same step as the release that makes room."""
+
+    async def scenario() -> Admission:
+        admission = Admission(max_calls=0, budget_bytes=4_000_000)
+        earlier = admission.admit("p", 1000)
+        earlier.charge_reply(admission.budget_bytes // 2 // REPLY_COPIES)
+        waiting = asyncio.create_task(admission.admit_when_room("p", 1000))
+        await asyncio.sleep(0.01)
+        earlier.release()
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        return admission
+
+    admission = asyncio.run(scenario())
+    assert (admission.calls, admission.bytes) == (0, 0)

@@ -162,7 +162,10 @@ class Admission:
                 if self._room is None:
                     self._room = asyncio.Event()
                 try:
-                    await asyncio.wait_for(self._room.wait(), end - loop.time())
+                    # Not wait_for: on 3.11 it can return the event's result to a task
+                    # cancelled in the same step, and a cancelled call would be admitted.
+                    async with asyncio.timeout(end - loop.time()):
+                        await self._room.wait()
                 except TimeoutError:
                     return self.admit(peer, request_bytes)  # the last try: its refusal stands
                 try:

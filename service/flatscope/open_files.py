@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import resource
+from pathlib import Path
 
 log = logging.getLogger(__name__)
 
@@ -25,10 +26,16 @@ def raise_limit() -> int:
     Returns -1 when the limit is unlimited.
     """
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft != hard and (hard == resource.RLIM_INFINITY or soft < hard):
+    target = hard
+    if hard == resource.RLIM_INFINITY:  # the kernel still caps it: fs.nr_open
         try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-            soft = hard
+            target = int(Path("/proc/sys/fs/nr_open").read_text())
+        except (OSError, ValueError):
+            return -1 if soft == resource.RLIM_INFINITY else soft
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
         except (ValueError, OSError) as exc:  # some sandboxes refuse it
             log.debug("cannot raise the open files limit from %d: %s", soft, exc)
     return -1 if soft == resource.RLIM_INFINITY else soft

@@ -43,7 +43,8 @@ class Settings(BaseSettings):
         gt=0,
         description="Seconds an HTTP connection may take to send a request's whole head, "
         "counted from its opening or its previous answer; then the server closes it. Keep "
-        "it above the idle timeout of a load balancer in front.",
+        "it above the idle timeout of a load balancer in front. Also how long an answer "
+        "may sit unread by a client that stopped reading.",
     )
     metrics_port: int = Field(
         8502, ge=0, le=65535, description="Port of the Prometheus /metrics endpoint (0: off)."

@@ -120,3 +120,38 @@ def test_connections_that_never_send_a_request_are_capped_then_closed(tmp_path):
             sock.close()
         assert idle <= time.monotonic() - opened < idle + 10
         assert requests.get(server.http_url + "/v2/health/ready", timeout=TIMEOUT).ok
+
+
+def test_connections_of_clients_that_never_read_their_answers_are_closed(tmp_path):
+    """Clients that pipeline requests and never read the answers leave the server's
+    writes stuck (aiohttp waits on them with no deadline): the kernel ends such a
+    connection once nothing sent has been taken for --http-idle-timeout."""
+    cap, idle = 5, 3.0
+    server = ServerProcess(
+        tmp_path / "serve.log",
+        *("--http-max-connections", str(cap), "--http-idle-timeout", str(idle)),
+        http=True,
+    )
+    request = b"GET /v1/models/digits/metadata HTTP/1.1\r\nHost: x\r\n\r\n" * 200
+    with server.serving():
+        stuck = []
+        for _ in range(cap):
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.connect(("127.0.0.1", server.http_port))
+            sock.setblocking(False)
+            try:  # until the server stops reading: its answers fill both buffers
+                for _ in range(500):
+                    sock.send(request)
+            except BlockingIOError:
+                pass
+            stuck.append(sock)
+        started = time.monotonic()
+        url = server.http_url + "/v2/health/ready"
+        assert requests.get(url, timeout=TIMEOUT).status_code == 503  # the cap is full
+        while (code := requests.get(url, timeout=TIMEOUT).status_code) != 200:
+            assert code == 503
+            assert time.monotonic() - started < idle + 15, "stuck connections were kept"
+            time.sleep(0.5)
+        for sock in stuck:
+            sock.close()

@@ -87,6 +87,7 @@ class HttpServer:
             refused=lambda: self._dropped("connections"),
             ssl_context=context,
             handshake_timeout=settings.receive_timeout,
+            stalled_timeout=settings.http_idle_timeout,
         )
         try:
             await site.start()

@@ -20,6 +20,8 @@ or until the connection is gone), and a TLS handshake must end within
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
 import weakref
 from collections.abc import Callable
 
@@ -59,9 +61,11 @@ class CappedSite(web.TCPSite):
         refused: Called for each connection refused.
         ssl_context: TLS for the connections; None for plain HTTP.
         handshake_timeout: Seconds a TLS handshake may take.
+        stalled_timeout: Seconds the connection's sent bytes may stay unread (the client's
+            window closed) or unacknowledged before the kernel closes it.
     """
 
-    __slots__ = ("_limit", "_refused", "_handshake_timeout")
+    __slots__ = ("_limit", "_refused", "_handshake_timeout", "_stalled_timeout")
 
     def __init__(
         self,
@@ -73,11 +77,13 @@ class CappedSite(web.TCPSite):
         refused: Callable[[], None],
         ssl_context=None,
         handshake_timeout: float = 60.0,
+        stalled_timeout: float = 75.0,
     ):
         super().__init__(runner, host, port, ssl_context=ssl_context, reuse_port=False)
         self._limit = limit
         self._refused = refused
         self._handshake_timeout = handshake_timeout
+        self._stalled_timeout = stalled_timeout
 
     async def start(self) -> None:
         await web.BaseSite.start(self)  # registers the site; TCPSite's own start is replaced
@@ -86,12 +92,13 @@ class CappedSite(web.TCPSite):
         limit, answer = self._limit, refusal(self._limit)
         lingering: set[_Refusal] = set()
         arriving: weakref.WeakSet[_Arriving] = weakref.WeakSet()
+        stalled_ms = int(self._stalled_timeout * 1000)
 
         def accept() -> asyncio.BaseProtocol:
             if limit and len(server.connections) + len(arriving) >= limit:
                 self._refused()
                 return _Refusal(answer, lingering, limit)
-            return _Arriving(server(), arriving)
+            return _Arriving(server(), arriving, stalled_ms)
 
         tls = {"ssl_handshake_timeout": self._handshake_timeout} if self._ssl_context else {}
         self._server = await asyncio.get_running_loop().create_server(
@@ -112,15 +119,25 @@ class _Arriving(asyncio.Protocol):
     connection is handed to it (then aiohttp counts it) or is gone (a TLS handshake that
     failed or timed out never reaches the handler: the set holds it weakly)."""
 
-    __slots__ = ("_handler", "_arriving", "__weakref__")
+    __slots__ = ("_handler", "_arriving", "_stalled_ms", "__weakref__")
 
-    def __init__(self, handler: asyncio.Protocol, arriving: weakref.WeakSet[_Arriving]):
+    def __init__(
+        self, handler: asyncio.Protocol, arriving: weakref.WeakSet[_Arriving], stalled_ms: int
+    ):
         self._handler = handler
         self._arriving = arriving
+        self._stalled_ms = stalled_ms
         arriving.add(self)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._arriving.discard(self)
+        # A client that stops reading leaves its answer's bytes unsent, and aiohttp's
+        # handler waits for them with no deadline; the kernel ends such a connection once
+        # nothing it sent has been taken for this long (zero-window probes included).
+        sock = transport.get_extra_info("socket")
+        if sock is not None and hasattr(socket, "TCP_USER_TIMEOUT"):
+            with contextlib.suppress(OSError):  # not a TCP socket
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, self._stalled_ms)
         self._handler.connection_made(transport)
 
     def data_received(self, data: bytes) -> None:

@@ -19,6 +19,8 @@ Cells:
   7 ceiling   flatscope Predict, batching on, serving a model that does almost no
               work (the same input, Flatten, Dense(10)): what flatscope itself costs,
               the best any model could do
+  8 before    with ``--before DIR``: cell 4 served by another ``service/`` tree (run
+              with ``PYTHONPATH=DIR``, e.g. an older commit's, from ``git archive``)
 Every round starts the servers afresh, in an order that rotates: on this shared
 machine a server keeps the luck of its start for its whole life (two identical
 servers differ by 5-10 %, and the first started runs slowest); the order of turns
@@ -68,6 +70,9 @@ SERVICE = "flatscope.v1.ModelService"
 def main() -> None:
     parser = load_parser(__doc__, CONCURRENCY)
     parser.add_argument("--cells", nargs="+", help="only these cells (default: all)")
+    parser.add_argument(
+        "--before", type=Path, help="a service/ tree to compare with (run as PYTHONPATH)"
+    )
     args = load_arguments(parser)
     concurrency = tuple(args.concurrency)
 
@@ -92,6 +97,13 @@ def main() -> None:
             "echo-insp": ("echo", "Inspect", inspect),
             "ceiling": ("ceiling", "Predict", predict),
         }
+        if args.before:
+            servers["before"] = [
+                "env",
+                f"PYTHONPATH={args.before.resolve()}",
+                *flatscope("--metrics-port", str(free_port())),
+            ]
+            cells["before"] = ("before", "Predict", predict)
         if args.cells:
             cells = {name: cells[name] for name in args.cells}
             servers = {name: servers[name] for name in {cell[0] for cell in cells.values()}}
@@ -152,6 +164,7 @@ def main() -> None:
         ("inspect/on", "inspect", "on"),
         ("(echo: insp/pred)", "echo-insp", "echo"),
         ("ceiling/echo", "ceiling", "echo"),
+        ("on/before", "on", "before"),
     ]
     for c in concurrency:
         shown = [
@@ -165,9 +178,11 @@ def main() -> None:
     for name in cells:
         row = " ".join(f"{median(name, c, 'cpu_us'):>8.0f}" for c in concurrency)
         print(f"{name:<9} {row}")
+    for base in ("echo", "before"):
+        if "on" in cells and base in cells:
+            ratios = (median("on", c, "cpu_us") / median(base, c, "cpu_us") for c in concurrency)
+            print(f"  {'on/' + base:<7} " + " ".join(f"{r:>8.2f}" for r in ratios))
     if "on" in cells and "echo" in cells:
-        ratios = (median("on", c, "cpu_us") / median("echo", c, "cpu_us") for c in concurrency)
-        print(f"  {'on/echo':<7} " + " ".join(f"{r:>8.2f}" for r in ratios))
         echo_p50 = median("echo", 1, "p50_ms") if 1 in concurrency else float("nan")
         on_p50 = median("on", 1, "p50_ms") if 1 in concurrency else float("nan")
         print(

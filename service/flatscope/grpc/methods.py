@@ -1,10 +1,13 @@
 """Serving some methods of a generated service; gRPC answers UNIMPLEMENTED to the rest.
 
-Every method is added as a *generic* handler only, never as a registered one: grpc.aio
+Methods are added as *generic* handlers, and only the probes (health checks and the
+standard protocols' liveness, readiness and status) also as registered ones: grpc.aio
 (1.6x-1.8x) keeps one pending task per registered method and, for every call that
 arrives, waits on all of them (``asyncio.wait``), so each registered method costs each
-call some work (~8 us per call with the ~20 methods flatscope serves, measured in
-``asyncio.wait`` alone); generic handlers are looked up in one task.
+call some work (~7 us per call more with the ~20 methods flatscope serves than with two,
+``bench/dispatch.py``); but a registered method also has its own queue in gRPC core, so a
+probe is handed over at once instead of behind a burst of model calls queued for the
+generic handlers.
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ from typing import TYPE_CHECKING, ClassVar
 import grpc
 from google.protobuf import message_factory
 from google.protobuf.descriptor import ServiceDescriptor
+
+from flatscope.grpc.interceptors import UNLIMITED_METHODS
 
 if TYPE_CHECKING:
     from flatscope.core import ModelCore
@@ -50,11 +55,18 @@ def add_methods(
     server.add_generic_rpc_handlers(
         (grpc.method_handlers_generic_handler(service.full_name, handlers),)
     )
+    probes = {
+        name: handler
+        for name, handler in handlers.items()
+        if f"/{service.full_name}/{name}" in UNLIMITED_METHODS
+    }
+    if probes:
+        server.add_registered_method_handlers(service.full_name, probes)
 
 
 class GenericOnly:
     """``server`` as a generated ``add_..._to_server`` sees it: its handlers are added as
-    generic ones only (see the module's docstring).
+    generic ones only (for services without probes; see the module's docstring).
 
     Args:
         server: The server to add them to (before it starts).

@@ -76,7 +76,8 @@ class Server:
         tfserving.PredictionServicer(
             self.core, max_reply, settings.tfserving_tensor_content
         ).add_to_server(self._server)
-        health_pb2_grpc.add_HealthServicer_to_server(self._health, generic)
+        # Registered too: probes get their own queue in gRPC core (flatscope.grpc.methods).
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         served = (
             SERVICE,
             kserve.SERVICE,

@@ -83,6 +83,22 @@ class FlattenLayout:
             terms.append(symbol if stride == 1 else f"{symbol}*{stride}")
         return "flat = " + " + ".join(terms)
 
+    def fields(self) -> dict[str, str | int | tuple]:
+        """The flatscope.v1 ``FlattenLayout`` message's fields (no coordinates), by name:
+        what every API sends, each in its own encoding."""
+        return {
+            "layer_name": self.layer_name,
+            "data_format": self.data_format,
+            "source_shape": self.source_shape,
+            "axis_names": self.axis_names,
+            "strides": self.strides,
+            "flat_size": self.flat_size,
+            "flat_order": self.flat_order,
+            "formula": self.formula,
+            "source_data_format": self.source_data_format,
+            "note": self.note,
+        }
+
     def flat_index(self, source_index: Sequence[int]) -> int:
         """Returns the flat index that the source element ``source_index`` goes to.
 

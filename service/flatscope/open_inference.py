@@ -56,16 +56,8 @@ def bytes_tensor(array: np.ndarray) -> bytes:
 def layout_parameters(layout: FlattenLayout) -> dict[str, str | int]:
     """The FlattenLayout fields under their flatscope.v1 names; lists comma-separated."""
     return {
-        "layer_name": layout.layer_name,
-        "data_format": layout.data_format,
-        "source_shape": joined(layout.source_shape),
-        "axis_names": joined(layout.axis_names),
-        "strides": joined(layout.strides),
-        "flat_size": layout.flat_size,
-        "flat_order": joined(layout.flat_order),
-        "formula": layout.formula,
-        "source_data_format": layout.source_data_format,
-        "note": layout.note,
+        name: joined(value) if isinstance(value, tuple) else value
+        for name, value in layout.fields().items()
     }
 
 

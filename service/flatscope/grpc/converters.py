@@ -313,18 +313,7 @@ def layout_message(
 @functools.lru_cache(maxsize=64)
 def _layout_fields(layout: FlattenLayout) -> pb.FlattenLayout:
     """The layout's fixed fields, built once per layout (every Inspect reply has them)."""
-    return pb.FlattenLayout(
-        layer_name=layout.layer_name,
-        data_format=layout.data_format,
-        source_shape=layout.source_shape,
-        axis_names=layout.axis_names,
-        strides=layout.strides,
-        flat_size=layout.flat_size,
-        formula=layout.formula,
-        flat_order=layout.flat_order,
-        source_data_format=layout.source_data_format,
-        note=layout.note,
-    )
+    return pb.FlattenLayout(**layout.fields())
 
 
 def layout_from_message(message: pb.FlattenLayout) -> tuple[FlattenLayout, int, np.ndarray]:

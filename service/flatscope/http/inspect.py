@@ -23,7 +23,6 @@ from flatscope.errors import InvalidInputError
 from flatscope.http import jsonio
 from flatscope.http.bodies import json_tensor, parse_json, read_body
 from flatscope.http.serving import SERVING, answer, encoded_answer
-from flatscope.layout import FlattenLayout
 from flatscope.tensors import ACCEPTED_DTYPE, TensorPayload, Wording
 
 ROUTES = web.RouteTableDef()
@@ -43,7 +42,7 @@ async def layout(request: web.Request) -> web.Response:
     body: dict[str, Any] = {
         "model_name": description.name,
         "model_version": description.version,
-        "layout": layout_json(found),
+        "layout": found.fields(),  # orjson writes tuples as lists
     }
     if "flat_index" in query:
         flat = _int(query, "flat_index")
@@ -87,7 +86,7 @@ async def inspect(request: web.Request) -> web.Response:
         "model_version": result.model_version,
         "outputs": result.outputs,
         "classes": result.classes,
-        "layout": layout_json(result.layout),
+        "layout": result.layout.fields(),
         "coordinate_start": result.coordinate_start,
         "coordinates": result.coordinates,
     }
@@ -110,22 +109,6 @@ async def predict(request: web.Request) -> web.Response:
         "classes": result.classes,
     }
     return await _json(serving, reply)
-
-
-def layout_json(found: FlattenLayout) -> dict[str, Any]:
-    """A FlattenLayout under the flatscope.v1 field names, lists as JSON lists."""
-    return {
-        "layer_name": found.layer_name,
-        "data_format": found.data_format,
-        "source_shape": list(found.source_shape),
-        "axis_names": list(found.axis_names),
-        "strides": list(found.strides),
-        "flat_size": found.flat_size,
-        "flat_order": list(found.flat_order),
-        "formula": found.formula,
-        "source_data_format": found.source_data_format,
-        "note": found.note,
-    }
 
 
 async def _json(serving, reply: dict[str, Any]) -> web.Response:

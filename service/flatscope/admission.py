@@ -21,6 +21,7 @@ most :data:`PEER_SHARE` of the budget, so one client cannot fill a half alone.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import time
 
@@ -161,16 +162,14 @@ class Admission:
             while True:
                 if self._room is None:
                     self._room = asyncio.Event()
-                try:
-                    # Not wait_for: on 3.11 it can return the event's result to a task
-                    # cancelled in the same step, and a cancelled call would be admitted.
+                # Not wait_for: on 3.11 it can return the event's result to a task
+                # cancelled in the same step, and a cancelled call would be admitted.
+                with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(end - loop.time()):
                         await self._room.wait()
-                except TimeoutError:
-                    return self.admit(peer, request_bytes)  # the last try: its refusal stands
                 try:
                     return self.admit(peer, request_bytes)
-                except Refused as refused:
+                except Refused as refused:  # after the patience, the refusal stands
                     if not refused.peer or loop.time() >= end:
                         raise
         finally:

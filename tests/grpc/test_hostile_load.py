@@ -25,6 +25,7 @@ import numpy as np
 import pytest
 from attackers import AttackResult, MiB, Watch
 from processes import ServerProcess
+from waiting import settled
 
 TIMEOUT = 2.0  # --receive-timeout of the server, in seconds
 HOLD = TIMEOUT + 3  # seconds the stalling attacks hold their calls: past TIMEOUT, with slack
@@ -410,21 +411,13 @@ def test_connections_beyond_the_cap_are_refused_and_silent_ones_closed(
             for _ in range(cap + 1)
         ]
 
-        def eventually_ok(channel: grpc.Channel) -> None:
-            # The server counts a closed connection out once it has seen it close.
-            deadline = time.monotonic() + 10
-            while (code := check(channel)) != "OK":
-                assert time.monotonic() < deadline, (
-                    f"{code}: a closed connection's room never came back"
-                )
-                time.sleep(0.2)
-
+        # The server counts a closed connection out once it has seen it close.
         try:
             for channel in channels[:cap]:
-                eventually_ok(channel)
+                assert settled(lambda channel=channel: check(channel), "OK", 10) == "OK"
             assert check(channels[cap]) == "UNAVAILABLE"
             channels.pop(0).close()  # one connection closes: room for one
-            eventually_ok(channels[-1])
+            assert settled(lambda: check(channels[-1]), "OK", 10) == "OK"
         finally:
             for channel in channels:
                 channel.close()

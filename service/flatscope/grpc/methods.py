@@ -64,24 +64,6 @@ def add_methods(
         server.add_registered_method_handlers(service.full_name, probes)
 
 
-class GenericOnly:
-    """``server`` as a generated ``add_..._to_server`` sees it: its handlers are added as
-    generic ones only (for services without probes; see the module's docstring).
-
-    Args:
-        server: The server to add them to (before it starts).
-    """
-
-    def __init__(self, server: grpc.aio.Server):
-        self._server = server
-
-    def add_generic_rpc_handlers(self, handlers: Sequence[grpc.GenericRpcHandler]) -> None:
-        self._server.add_generic_rpc_handlers(handlers)
-
-    def add_registered_method_handlers(self, service: str, handlers: dict) -> None:
-        """Ignored: the generic handlers added beside them serve the same methods."""
-
-
 _HANDLERS = {
     (False, False): grpc.unary_unary_rpc_method_handler,
     (False, True): grpc.unary_stream_rpc_method_handler,

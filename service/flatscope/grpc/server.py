@@ -24,12 +24,12 @@ from flatscope.core import ModelCore
 from flatscope.errors import ConfigError
 from flatscope.grpc import kserve, tfserving
 from flatscope.grpc.interceptors import CallLimits, RpcInterceptor
-from flatscope.grpc.methods import GenericOnly
+from flatscope.grpc.methods import add_methods
 from flatscope.grpc.servicer import ModelServicer
 from flatscope.http.app import HttpServer
 from flatscope.metrics import Metrics, serve_metrics
 from flatscope.settings import Settings
-from flatscope.v1 import model_service_pb2, model_service_pb2_grpc
+from flatscope.v1 import model_service_pb2
 
 log = logging.getLogger(__name__)
 
@@ -66,9 +66,11 @@ class Server:
             options=_channel_options(settings),
         )
         max_reply = settings.max_send_message_bytes
-        generic = GenericOnly(self._server)
-        model_service_pb2_grpc.add_ModelServiceServicer_to_server(
-            ModelServicer(self.core, max_reply), generic
+        add_methods(
+            self._server,
+            SERVICE,
+            ModelServicer(self.core, max_reply),
+            [method.name for method in SERVICE.methods],
         )
         # The standard protocols, on the same port and the same core (batcher, metrics).
         kserve.InferenceServicer(self.core, max_reply, limits).add_to_server(self._server)

@@ -75,9 +75,9 @@ class CappedSite(web.TCPSite):
         *,
         limit: int,
         refused: Callable[[], None],
-        ssl_context=None,
-        handshake_timeout: float = 60.0,
-        stalled_timeout: float = 75.0,
+        ssl_context,
+        handshake_timeout: float,
+        stalled_timeout: float,
     ):
         super().__init__(runner, host, port, ssl_context=ssl_context, reuse_port=False)
         self._limit = limit

@@ -104,6 +104,24 @@ def _server_process(command: list[str], timeout: float) -> Iterator[Running]:
                 process.kill()
 
 
+def ceiling_model(folder: Path) -> str:
+    """A model on the default model's input that does almost no work (Flatten, Dense(10)),
+    saved in ``folder``: what flatscope itself costs, the best any model could do."""
+    import keras
+
+    model = keras.Sequential(
+        [
+            keras.Input((48, 48, 3)),
+            keras.layers.Flatten(name="flatten"),
+            keras.layers.Dense(10, activation="softmax", name="digit"),
+        ],
+        name="ceiling",
+    )
+    path = folder / "ceiling.keras"
+    model.save(path)
+    return str(path)
+
+
 def predict_request(batch: int = 1, seed: int = 0) -> pb.PredictRequest:
     """A Predict request for the default model with random images."""
     images = np.random.default_rng(seed).random((batch, 48, 48, 3), dtype=np.float32)
@@ -151,13 +169,16 @@ def summary(latencies: list[float], seconds: float) -> tuple[float, float, float
     return len(latencies) / seconds, statistics.median(latencies) * 1e3, p99 * 1e3
 
 
-def cpu_seconds(pid: int) -> float:
-    """CPU time (user + system, all threads) a process has used so far, from /proc.
+def cpu_seconds(pid: int, thread: int | None = None) -> float:
+    """CPU time (user + system) a process has used so far, from /proc: all its threads,
+    or only ``thread`` (a thread id; the process id is its main thread, which runs a
+    server's event loop).
 
     Per request, it is a steadier measure than throughput on a shared machine: a
     neighbour's load slows a server down but does not add to its CPU time.
     """
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    stat = Path(f"/proc/{pid}/stat" if thread is None else f"/proc/{pid}/task/{thread}/stat")
+    fields = stat.read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
@@ -210,6 +231,7 @@ class Cell:
         p99_ms: 99th percentile latency.
         mean_ms: Mean latency.
         cpu_us: The server's CPU time per reply (user + system, all its threads).
+        loop_cpu_us: The part of it on the server's main thread (its event loop).
     """
 
     rps: float
@@ -217,6 +239,7 @@ class Cell:
     p99_ms: float
     mean_ms: float
     cpu_us: float
+    loop_cpu_us: float
 
 
 DRIVERS = ("h2load", "python")
@@ -241,17 +264,21 @@ def measure(
 
     if driver == "python":
         latencies = asyncio.run(drive(server.target, method, request, in_flight, 0.3))
-        cpu_before = cpu_seconds(server.pid)
+        cpu_before = cpu_seconds(server.pid), cpu_seconds(server.pid, server.pid)
         latencies = asyncio.run(drive(server.target, method, request, in_flight, seconds))
-        cpu = cpu_seconds(server.pid) - cpu_before
+        cpu = cpu_seconds(server.pid) - cpu_before[0]
+        loop_cpu = cpu_seconds(server.pid, server.pid) - cpu_before[1]
         rps, p50, p99 = summary(latencies, seconds)
-        return Cell(rps, p50, p99, statistics.fmean(latencies) * 1e3, cpu / len(latencies) * 1e6)
+        per_call = 1e6 / len(latencies)
+        mean = statistics.fmean(latencies) * 1e3
+        return Cell(rps, p50, p99, mean, cpu * per_call, loop_cpu * per_call)
     path = f"/{service}/{method}"
     codes_before = h2load.grpc_codes(server.metrics_port, method) if server.metrics_port else None
     h2load.run(server.target, path, request, in_flight, 0.3)
-    cpu_before = cpu_seconds(server.pid)
+    cpu_before = cpu_seconds(server.pid), cpu_seconds(server.pid, server.pid)
     result = h2load.run(server.target, path, request, in_flight, seconds)
-    cpu = cpu_seconds(server.pid) - cpu_before
+    cpu = cpu_seconds(server.pid) - cpu_before[0]
+    loop_cpu = cpu_seconds(server.pid, server.pid) - cpu_before[1]
     if result.failed:
         raise RuntimeError(f"{server.target}{path}: {result.failed} of the calls failed in HTTP")
     if not result.requests:
@@ -280,6 +307,7 @@ def measure(
         result.percentile(99),
         result.mean_ms,
         cpu / result.requests * 1e6,
+        loop_cpu / result.requests * 1e6,
     )
 
 

@@ -48,6 +48,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from common import (  # noqa: E402
+    ceiling_model,
     cpu_seconds,
     flatscope,
     free_port,
@@ -80,13 +81,13 @@ def main() -> None:
     inspect = pb.InspectRequest(inputs=predict.inputs)
     forward_p50, forward_cpu = _forward_pass()
     with tempfile.TemporaryDirectory() as tmp:
-        ceiling_model = _ceiling_model(Path(tmp))
+        ceiling = ceiling_model(Path(tmp))
         servers = {
             "echo": [sys.executable, str(HERE / "echo_server.py"), "0"],
             "naive": [sys.executable, str(HERE / "naive_server.py"), "0"],
             "off": flatscope("--metrics-port", str(free_port()), "--batching", "false"),
             "on": flatscope("--metrics-port", str(free_port())),
-            "ceiling": flatscope("--metrics-port", str(free_port()), "--model", ceiling_model),
+            "ceiling": flatscope("--metrics-port", str(free_port()), "--model", ceiling),
         }
         cells = {  # name: (server, method, request)
             "echo": ("echo", "Predict", predict),
@@ -204,23 +205,6 @@ def main() -> None:
         loaded = statistics.median(rss_loaded[name]) / 2**20
         peak = statistics.median(rss_peak[name]) / 2**20
         print(f"  {name:<8} {loaded:7.0f} -> {peak:7.0f} ({peak / loaded:.2f})")
-
-
-def _ceiling_model(folder: Path) -> str:
-    """A model on the default model's input that does almost no work, saved in ``folder``."""
-    import keras
-
-    model = keras.Sequential(
-        [
-            keras.Input((48, 48, 3)),
-            keras.layers.Flatten(name="flatten"),
-            keras.layers.Dense(10, activation="softmax", name="digit"),
-        ],
-        name="ceiling",
-    )
-    path = folder / "ceiling.keras"
-    model.save(path)
-    return str(path)
 
 
 def _forward_pass(calls: int = 200) -> tuple[float, float]:

@@ -100,6 +100,19 @@ def test_errors_carry_grpc_messages_and_mapped_codes(rest_server: ServerProcess)
         ),
         # JSON has no NaN: Python's json writes JavaScript's literal, which is refused.
         (kserve_json(np.full((1, 48, 48, 3), np.nan, np.float32)), "the request body is not JSON"),
+        # numpy would read "0.5" and true as 0.5 and 1.0, and null as NaN.
+        (
+            {"inputs": [{"name": "image", "datatype": "FP32", "shape": [2], "data": ["0.5", "1"]}]},
+            "the 'data' of input 'image' holds strings; expected JSON numbers",
+        ),
+        (
+            {"inputs": [{"name": "image", "datatype": "FP32", "shape": [2], "data": [True, False]}]},
+            "the 'data' of input 'image' holds true/false; expected JSON numbers",
+        ),
+        (
+            {"inputs": [{"name": "image", "datatype": "FP32", "shape": [2], "data": [0.5, None]}]},
+            "the 'data' of input 'image' holds null, or values of mixed types",
+        ),
     ],
     ids=[
         "rank",
@@ -110,6 +123,9 @@ def test_errors_carry_grpc_messages_and_mapped_codes(rest_server: ServerProcess)
         "parameter",
         "ragged",
         "nan",
+        "strings",
+        "booleans",
+        "null",
     ],
 )
 def test_malformed_kserve_bodies_are_400(rest_server, body, message):
@@ -117,6 +133,53 @@ def test_malformed_kserve_bodies_are_400(rest_server, body, message):
     reply = post(rest_server, "/v2/models/digits/infer", data=data)
     assert reply.status_code == 400, reply.text
     assert message in reply.json()["error"]
+
+
+@pytest.mark.parametrize("path", ["/v2/models/digits/infer", "/v1/models/digits:predict"])
+def test_strings_as_numbers_are_400_in_the_row_format_too(rest_server, path):
+    image = [[["0.5"] * 3] * 48] * 48
+    body = {"instances": [image]} if path.startswith("/v1") else kserve_json(np.zeros(1))
+    if not path.startswith("/v1"):
+        body["inputs"][0].update(shape=[1, 48, 48, 3], data=[image])
+    reply = post(rest_server, path, data=json.dumps(body))
+    assert reply.status_code == 400, reply.text
+    assert "holds strings; expected JSON numbers" in reply.json()["error"]
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "deflate", "br"])
+def test_a_body_that_does_not_decode_as_its_content_encoding_is_400(rest_server, encoding):
+    before = rest_server.log()
+    body = json.dumps(kserve_json(images(1))).encode()  # plain JSON, declared compressed
+    headers = {"Content-Encoding": encoding, "Content-Type": "application/json"}
+    reply = post(rest_server, "/v2/models/digits/infer", data=body, headers=headers)
+    assert reply.status_code == 400, reply.text
+    message = reply.json()["error"]
+    assert f"could not be decoded (Content-Encoding: {encoding})" in message
+    assert "send it encoded as declared" in message
+    assert "internal error" not in message
+    # The server still serves, and logged no error for it (aiohttp would log its own
+    # reading of the rest of the body, with a traceback).
+    ok = post(rest_server, "/v2/models/digits/infer", data=json.dumps(kserve_json(images(1))))
+    assert ok.status_code == 200, ok.text
+    added = rest_server.log()[len(before) :]
+    assert " ERROR " not in added and "Traceback" not in added, added[:2000]
+
+
+def test_requests_aiohttp_cannot_parse_log_no_traceback(rest_server: ServerProcess):
+    before = rest_server.log()
+    for head in (
+        b"GET /v2/health/ready HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n",
+        b"GET /v2/health/ready HTTP/1.1\r\nHost: x\r\nX-Long: " + b"a" * 20_000 + b"\r\n\r\n",
+    ):
+        with socket.create_connection(("127.0.0.1", rest_server.http_port), timeout=TIMEOUT) as sock:
+            sock.sendall(head)
+            answer = sock.recv(65536)
+        assert answer.split(b" ", 2)[1] == b"400", answer[:100]
+    time.sleep(0.2)  # the log line, if any, is written after the answer
+    added = rest_server.log()[len(before) :]
+    assert "Error handling request" not in added and "Traceback" not in added, added[:2000]
+    assert requests.get(rest_server.http_url + "/v2/health/ready", timeout=TIMEOUT).ok
 
 
 def test_unknown_routes_and_methods_answer_json(rest_server: ServerProcess):

@@ -16,7 +16,7 @@ from flatscope.core import ModelCore
 from flatscope.errors import ConfigError, FlatscopeError, status_message
 from flatscope.http import inspect, kserve, tfserving
 from flatscope.http.bodies import TICKET, BodyLimits
-from flatscope.http.connections import CappedSite
+from flatscope.http.connections import CappedSite, QuietBadRequests
 from flatscope.http.errors import INTERNAL, error_response, http_error, status_of
 from flatscope.http.serving import SERVING, Serving
 from flatscope.metrics import HttpCollector
@@ -61,6 +61,7 @@ class HttpServer:
         app[SERVING] = self.serving
         for api in (kserve, tfserving, inspect):
             app.add_routes(api.ROUTES)
+        QuietBadRequests.install()
         self._runner = web.AppRunner(
             app,
             access_log=None,
@@ -128,7 +129,7 @@ class HttpServer:
                 if reason is not None:
                     self._dropped(reason)
                 response = error_response(status_of(exc), status_message(str(exc)))
-                if not self.serving.ready:
+                if not self.serving.ready or getattr(exc, "close_connection", False):
                     response.force_close()
             except web.HTTPException as exc:
                 response = http_error(exc, request.method, request.path)

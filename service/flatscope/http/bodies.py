@@ -19,7 +19,7 @@ from aiohttp import web
 from flatscope.admission import Admission, Ticket
 from flatscope.errors import InvalidInputError
 from flatscope.http import jsonio
-from flatscope.http.errors import BodyTooLarge, NotJson, ReceiveTimeout
+from flatscope.http.errors import BodyTooLarge, NotJson, ReceiveTimeout, UndecodableBody
 from flatscope.tensors import ACCEPTED_DTYPE, TensorPayload, Wording
 
 TICKET = web.RequestKey("ticket", Ticket)
@@ -89,10 +89,18 @@ def peer(request: web.Request) -> str:
 async def _read(request: web.Request, limit: int) -> bytes:
     parts = []
     size = 0
-    while chunk := await request.content.read(CHUNK):
-        size += len(chunk)
-        _check_size(size, limit, "has at least")
-        parts.append(chunk)
+    try:
+        while chunk := await request.content.read(CHUNK):
+            size += len(chunk)
+            _check_size(size, limit, "has at least")
+            parts.append(chunk)
+    except web.RequestPayloadError as exc:  # aiohttp's decoding of the body failed
+        encoding = request.headers.get("Content-Encoding")
+        declared = f" (Content-Encoding: {encoding[:40]})" if encoding else ""
+        raise UndecodableBody(
+            f"the request body could not be decoded{declared}: {str(exc)[:200]}; "
+            "send it encoded as declared (gzip, deflate), or without Content-Encoding"
+        ) from None
     return b"".join(parts)
 
 
@@ -134,15 +142,28 @@ def _parse(data: bytes | memoryview, expected: str, read: Callable[[dict[str, An
 def float_array(what: str, value: Any) -> np.ndarray:
     """A JSON value (a number, or nested lists of numbers) as a float32 array.
 
+    The values' own type is read first: strings, true/false and null are not numbers
+    (numpy would turn "0.5" and true into floats, and null into NaN).
+
     Raises:
         InvalidInputError: It is not numbers, or its lists are ragged.
     """
     try:
-        return np.asarray(value, dtype=np.float32)
+        array = np.asarray(value)
     except (ValueError, TypeError):
         raise InvalidInputError(
             f"{what} is not a list of numbers (nested lists must be rectangular)"
         ) from None
+    kind = array.dtype.kind
+    if kind in "fiu":
+        return array.astype(np.float32, copy=False)
+    found = _NOT_NUMBERS.get(kind, "null, or values of mixed types")
+    raise InvalidInputError(f"{what} holds {found}; expected JSON numbers")
+
+
+# What a JSON value that numpy reads as an array of this kind holds instead of numbers;
+# other kinds ("O") are null, a mix of types, or integers beyond 64 bits.
+_NOT_NUMBERS = {"b": "true/false", "U": "strings", "S": "strings"}
 
 
 def json_tensor(what: str, value: Any, wording: Wording) -> TensorPayload:

@@ -15,17 +15,25 @@ once its handshake is done, and a burst accepted in one go would all see the cou
 before it; so connections not yet handed to aiohttp are counted here (until the handoff,
 or until the connection is gone), and a TLS handshake must end within
 ``--receive-timeout`` (asyncio's default: 60 s).
+
+A request aiohttp cannot parse (bad framing, a header too long, an unknown encoding) gets
+aiohttp's own 400 and closes its connection; aiohttp logs each one at ERROR with its
+traceback (and a body that does not decode once more, as it reads what is left of it
+after flatscope's 400), which lets any client fill the log. :class:`QuietBadRequests` makes that a
+one-line DEBUG record instead.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import socket
 import weakref
 from collections.abc import Callable
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from flatscope.http import jsonio
 
@@ -188,3 +196,33 @@ class _Refusal(asyncio.Protocol):
         if self._timer is not None:
             self._timer.cancel()
         self._lingering.discard(self)
+
+
+class QuietBadRequests(logging.Filter):
+    """Turns aiohttp's ERROR record of a request it could not parse into one DEBUG line.
+
+    Installed on the ``aiohttp.server`` logger (see :meth:`install`); records of any other
+    failure pass unchanged.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        # A body that fails to decode raises again when aiohttp reads what is left of it
+        # after the answer (RequestPayloadError, "Unhandled exception").
+        if not isinstance(error, HttpProcessingError | web.RequestPayloadError):
+            return True
+        logger = logging.getLogger(record.name)
+        if not logger.isEnabledFor(logging.DEBUG):
+            return False
+        client = record.args[0] if isinstance(record.args, tuple) and record.args else "?"
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        record.msg, record.args = "malformed HTTP request from %s: %s", (client, error)
+        record.exc_info = record.exc_text = None
+        return True
+
+    @classmethod
+    def install(cls) -> None:
+        """Adds the filter to ``aiohttp.server``, once."""
+        logger = logging.getLogger("aiohttp.server")
+        if not any(isinstance(f, cls) for f in logger.filters):
+            logger.addFilter(cls())

@@ -52,6 +52,16 @@ class NotJson(InvalidInputError):
     """A request body that is not the JSON the route expects."""
 
 
+class UndecodableBody(InvalidInputError):
+    """A request body that does not decode as its Content-Encoding says.
+
+    Its connection is closed after the answer: the rest of the body cannot be read
+    past the error, so the connection cannot carry another request.
+    """
+
+    close_connection = True
+
+
 def status_of(exc: FlatscopeError) -> int:
     """The HTTP status of a flatscope error."""
     return getattr(exc, "status", None) or STATUS.get(exc.code, 500)

@@ -18,6 +18,12 @@ from tritonclient.utils import InferenceServerException
 TIMEOUT = 60
 
 
+def kserve_values(values: list) -> dict:
+    """A KServe JSON body whose one input holds ``values`` as they are."""
+    tensor = {"name": "image", "datatype": "FP32", "shape": [len(values)], "data": values}
+    return {"inputs": [tensor]}
+
+
 def kserve_json(array: np.ndarray, shape=None, **extra) -> dict:
     tensor = {
         "name": "image",
@@ -102,15 +108,15 @@ def test_errors_carry_grpc_messages_and_mapped_codes(rest_server: ServerProcess)
         (kserve_json(np.full((1, 48, 48, 3), np.nan, np.float32)), "the request body is not JSON"),
         # numpy would read "0.5" and true as 0.5 and 1.0, and null as NaN.
         (
-            {"inputs": [{"name": "image", "datatype": "FP32", "shape": [2], "data": ["0.5", "1"]}]},
+            kserve_values(["0.5", "1"]),
             "the 'data' of input 'image' holds strings; expected JSON numbers",
         ),
         (
-            {"inputs": [{"name": "image", "datatype": "FP32", "shape": [2], "data": [True, False]}]},
+            kserve_values([True, False]),
             "the 'data' of input 'image' holds true/false; expected JSON numbers",
         ),
         (
-            {"inputs": [{"name": "image", "datatype": "FP32", "shape": [2], "data": [0.5, None]}]},
+            kserve_values([0.5, None]),
             "the 'data' of input 'image' holds null, or values of mixed types",
         ),
     ],
@@ -172,7 +178,8 @@ def test_requests_aiohttp_cannot_parse_log_no_traceback(rest_server: ServerProce
         b"Transfer-Encoding: chunked\r\n\r\n",
         b"GET /v2/health/ready HTTP/1.1\r\nHost: x\r\nX-Long: " + b"a" * 20_000 + b"\r\n\r\n",
     ):
-        with socket.create_connection(("127.0.0.1", rest_server.http_port), timeout=TIMEOUT) as sock:
+        address = ("127.0.0.1", rest_server.http_port)
+        with socket.create_connection(address, timeout=TIMEOUT) as sock:
             sock.sendall(head)
             answer = sock.recv(65536)
         assert answer.split(b" ", 2)[1] == b"400", answer[:100]

@@ -135,6 +135,40 @@ def test_picture_without_a_dense_layer_draws_no_weights(serve_model, tmp_path: P
         assert png.size == (int(FIGURE_SIZE[0] * DPI), int(FIGURE_SIZE[1] * DPI))
 
 
+def _keras_io_mnist_convnet() -> keras.Model:
+    # keras.io's "Simple MNIST convnet": a Dropout sits between Flatten and the Dense head.
+    inputs = keras.Input((28, 28, 1), name="image")
+    x = keras.layers.Conv2D(4, 3, activation="relu")(inputs)
+    x = keras.layers.MaxPooling2D(2)(x)
+    x = keras.layers.Flatten(name="flatten")(x)
+    x = keras.layers.Dropout(0.5)(x)
+    return keras.Model(inputs, keras.layers.Dense(10, name="head")(x), name="mnist_convnet")
+
+
+def _dense_behind_other_layers() -> keras.Model:
+    # Identity at inference (GaussianNoise, then Identity) before a first Dense; a second
+    # Dense behind a Dropout reads the first's output, not the Flatten's.
+    inputs = keras.Input((5, 4, 2), name="image")
+    x = keras.layers.Flatten(name="flatten")(inputs)
+    x = keras.layers.GaussianNoise(0.1)(x)
+    x = keras.layers.Identity()(x)
+    x = keras.layers.Dense(6, name="head")(x)
+    x = keras.layers.Dropout(0.2)(x)
+    return keras.Model(inputs, keras.layers.Dense(3, name="second")(x), name="behind")
+
+
+@pytest.mark.parametrize("build", [_keras_io_mnist_convnet, _dense_behind_other_layers])
+def test_the_dense_layer_behind_layers_that_pass_values_on_is_found(serve_model, build):
+    model = build()
+    server = serve_model(model)
+    batch = np.random.default_rng(0).random((1, *model.input_shape[1:]), dtype=np.float32)
+    with server.client() as client:
+        dense = client.inspect(batch, include_dense_kernel=True).dense
+    assert dense is not None and dense.layer_name == "head"
+    kernel = keras.ops.convert_to_numpy(model.get_layer("head").kernel)
+    np.testing.assert_array_equal(dense.kernel, kernel)
+
+
 def test_plot_refuses_unknown_extension_and_rank(serve_model, tmp_path: Path):
     inputs = keras.Input((6,))
     model = keras.Model(

@@ -237,6 +237,7 @@ class _Version(argparse.Action):
 
 
 def _client(args: argparse.Namespace):
+    logs.quiet_native_logs()  # before grpc is imported: only its errors on the terminal
     from flatscope.client import Client
 
     if (args.tls_cert is None) != (args.tls_key is None):

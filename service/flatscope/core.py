@@ -327,7 +327,7 @@ class ModelCore:
         if model_name and model_name != info.name:
             raise NotFoundError(
                 f"model '{model_name}' is not served here; this server serves "
-                f"'{info.name}' (or leave model_name empty)"
+                f"'{info.name}' (a gRPC request may leave the model name empty)"
             )
         if model_version and model_version != info.version:
             raise NotFoundError(

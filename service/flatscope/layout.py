@@ -183,6 +183,7 @@ def flatten_layout(
     source_shape: Sequence[int],
     data_format: str,
     source_data_format: str = "",
+    axes_moved_by: str = "",
 ) -> FlattenLayout:
     """Derives the layout of a Flatten layer from its configuration.
 
@@ -192,6 +193,9 @@ def flatten_layout(
         data_format: The layer's ``data_format``.
         source_data_format: ``data_format`` of the layer producing its input, if known;
             it decides which axis is called "channels".
+        axes_moved_by: The name of a layer upstream that moves axes (a Permute), when
+            no ``source_data_format`` is known: the axes are then named by position
+            ("axis1", the first after the batch) and the note says why.
 
     Returns:
         The layout.
@@ -216,7 +220,11 @@ def flatten_layout(
         layer_name=layer_name,
         data_format=data_format,
         source_shape=shape,
-        axis_names=axis_names(rank, naming_format),
+        axis_names=(
+            tuple(f"axis{i}" for i in range(1, rank + 1))
+            if axes_moved_by and rank > 1
+            else axis_names(rank, naming_format)
+        ),
         strides=strides,
         source_data_format=source_data_format,
     )
@@ -227,6 +235,14 @@ def flatten_layout(
             f"({', '.join(layout.flat_order)}), {layout.flat_order[-1]} fastest, not "
             "channels fastest as after a matching Flatten; reorder Dense weights "
             "when porting them to or from a model that flattens (h, w, c)."
+        )
+        layout = dataclasses.replace(layout, note=note)
+    elif axes_moved_by and rank > 1:
+        note = (
+            f"The tensor entering Flatten '{layer_name}' comes from '{axes_moved_by}', "
+            "which may move axes: which one is height, width or channels is not known "
+            f"here, so they are named by position; features are ordered "
+            f"({', '.join(layout.flat_order)}), {layout.flat_order[-1]} fastest."
         )
         layout = dataclasses.replace(layout, note=note)
     return layout

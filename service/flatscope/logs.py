@@ -99,6 +99,10 @@ def configure(level: str, fmt: Literal["text", "json"] = "text") -> None:
     root.addHandler(handler)
     root.setLevel(level)
     logging.captureWarnings(True)
+    # JAX logs at INFO that it found no TPU (and which platforms it tried): not news,
+    # except at DEBUG, where everything shows.
+    quiet = logging.NOTSET if root.level <= logging.DEBUG else logging.WARNING
+    logging.getLogger("jax._src.xla_bridge").setLevel(quiet)
 
 
 def hold_stderr(*, drop_native: bool = False) -> None:

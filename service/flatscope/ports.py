@@ -6,6 +6,11 @@ import errno
 import socket
 
 
+def grpc_address(host: str, port: int) -> str:
+    """``host:port`` as gRPC reads it: an IPv6 address in brackets ("[::1]:8500")."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def bind_error(host: str, port: int) -> OSError | None:
     """Tries to bind ``host:port`` as a listening server would; the error, or None.
 

@@ -69,7 +69,7 @@ class Settings(BaseSettings):
     device: Literal["auto", "cpu", "gpu"] = Field(
         "auto",
         description="Where the model runs: a GPU when there is one (auto), or as forced. "
-        "The backend is KERAS_BACKEND (tensorflow or jax).",
+        "The backend is KERAS_BACKEND (tensorflow, jax or torch).",
     )
     event_loop: Literal["auto", "uvloop", "asyncio"] = Field(
         "auto",
@@ -196,6 +196,20 @@ class Settings(BaseSettings):
     @classmethod
     def _level_in_any_case(cls, value: Any) -> Any:
         return value.upper() if isinstance(value, str) else value
+
+    @field_validator("host", "metrics_host", mode="before")
+    @classmethod
+    def _address_without_brackets(cls, value: Any) -> Any:
+        # "[::1]" as in URLs, or "::1": one form inside; gRPC's is made from it (ports.py).
+        if isinstance(value, str):
+            return value.strip().removeprefix("[").removesuffix("]")
+        return value
+
+    @field_validator("model", "tls_cert", "tls_key", "tls_client_ca", mode="before")
+    @classmethod
+    def _empty_path_is_unset(cls, value: Any) -> Any:
+        # FLATSCOPE_MODEL= (as a template leaves it) means unset, not the current directory.
+        return None if isinstance(value, str) and not value.strip() else value
 
     @model_validator(mode="after")
     def _tls_files_go_together(self) -> Settings:

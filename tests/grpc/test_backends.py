@@ -47,6 +47,12 @@ def test_backend_agrees_with_tensorflow(request, backend, default_client):
     assert inspected.layout == tf_inspected.layout
 
 
+def test_a_jax_server_logs_no_platform_probing(jax_server):
+    # JAX's INFO line on a machine without a TPU is no news to an operator.
+    assert "xla_bridge" not in jax_server.log()
+    assert "listening on" in jax_server.log()
+
+
 def test_jax_server_pads_odd_batches(jax_server):
     # 3 and 7 examples run padded to 4 and 8; each example keeps its own answer.
     rng = np.random.default_rng(12)

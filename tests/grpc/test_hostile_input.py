@@ -287,7 +287,9 @@ def test_long_names_are_cut_in_the_status_message(stub):
     details = caught.value.details()
     assert len(details) <= 600
     assert "characters cut" in details
-    assert details.endswith("this server serves 'digits' (or leave model_name empty)")
+    assert details.endswith(
+        "this server serves 'digits' (a gRPC request may leave the model name empty)"
+    )
 
 
 def test_payload_bytes_never_reach_the_log(stub):

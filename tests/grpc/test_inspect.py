@@ -152,9 +152,10 @@ def test_axis_names_after_a_permute_are_not_guessed(serve_model):
     layout = result.layout
     assert layout.source_data_format == ""
     assert layout.data_format == CHANNELS_LAST
-    assert layout.axis_names == ("height", "width", "channels")
+    assert layout.axis_names == ("axis1", "axis2", "axis3")
     assert layout.strides == (16, 4, 1)
-    assert layout.note == ""
+    assert layout.formula == "flat = axis1*16 + axis2*4 + axis3"
+    assert "'permute'" in layout.note and "named by position" in layout.note
     np.testing.assert_array_equal(
         result.flattened, result.source.reshape(result.source.shape[0], -1)
     )

@@ -73,7 +73,8 @@ def perf_analyzer() -> tuple[str, dict[str, str]] | None:
     return found, env
 
 
-def test_perf_analyzer_runs_without_errors(default_server: ServerThread, tmp_path):
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_perf_analyzer_runs_without_errors(request, tmp_path, protocol):
     tool = perf_analyzer()
     if tool is None:
         pytest.skip(
@@ -83,7 +84,11 @@ def test_perf_analyzer_runs_without_errors(default_server: ServerThread, tmp_pat
         )
     binary, env = tool
     report = tmp_path / "report.csv"
-    command = [binary, "-m", "digits", "-u", default_server.target, "-i", "grpc"]
+    if protocol == "grpc":
+        url = request.getfixturevalue("default_server").target
+    else:  # KServe v2 REST, with Triton's model configuration route
+        url = request.getfixturevalue("rest_server").http_url.removeprefix("http://")
+    command = [binary, "-m", "digits", "-u", url, "-i", protocol]
     command += ["--concurrency-range", "1:2", "--measurement-interval", "1000"]
     # Its default "random" data are random bytes: as float32, some are NaN, which the
     # server refuses (INVALID_ARGUMENT); zeros are a valid image.

@@ -40,6 +40,7 @@ def test_layout_errors(rest_server: ServerProcess):
         ("/layout?source_index=a", "not comma-separated integers"),
         ("/layout?layer=pool", "layer 'pool' is a MaxPooling2D, not a Flatten layer"),
         ("/layout?coordinate_count=-1", "coordinate_count is -1"),
+        ("/layout?flatindex=3", 'unknown query parameter "flatindex"; expected one of layer,'),
     ]
     for path, message in cases:
         reply = get(rest_server, path)
@@ -88,3 +89,29 @@ def test_inspect_and_predict_equal_grpc(rest_server: ServerProcess):
     assert bad.status_code == 400 and "'include_source' is \"yes\"" in bad.json()["error"]
     missing = requests.post(rest_server.http_url + MODEL + ":predict", json={}, timeout=TIMEOUT)
     assert missing.status_code == 400 and "inputs is not set" in missing.json()["error"]
+
+
+def test_unknown_fields_are_400_naming_them(rest_server: ServerProcess):
+    # A misspelt option must not be ignored: the client would never learn why.
+    inputs = images(1).tolist()
+    for path, body, field in [
+        (":inspect", {"inputs": inputs, "include_sources": True}, "include_sources"),
+        (":predict", {"inputs": inputs, "layer": "flatten"}, "layer"),
+    ]:
+        reply = requests.post(rest_server.http_url + MODEL + path, json=body, timeout=TIMEOUT)
+        assert reply.status_code == 400, reply.text
+        message = reply.json()["error"]
+        assert f'unknown field "{field}"' in message and "expected one of inputs" in message
+
+
+def test_nan_in_a_body_says_json_has_none(rest_server: ServerProcess):
+    for literal in ("NaN", "Infinity", "-Infinity"):
+        body = '{"inputs": [[[[0.5], [LITERAL]]]]}'.replace("LITERAL", literal)
+        reply = requests.post(
+            rest_server.http_url + MODEL + ":predict",
+            data=body,
+            headers={"Content-Type": "application/json"},
+            timeout=TIMEOUT,
+        )
+        assert reply.status_code == 400, reply.text
+        assert "JSON has no NaN or Infinity" in reply.json()["error"]

@@ -73,6 +73,31 @@ def test_health_and_metadata_answer_as_over_grpc(http, grpc_client):
     assert http.get_model_metadata("digits", "1") == over_http
 
 
+def test_model_config_answers_as_over_grpc_with_numbers(http, grpc_client):
+    # Triton's model configuration extension; tritonclient.grpc's JSON writes 64-bit
+    # integers as strings, Triton's HTTP config (and this one) as numbers.
+    assert "model_configuration" in http.get_server_metadata()["extensions"]
+    over_grpc = grpc_client.get_model_config("digits", as_json=True)["config"]
+    over_http = http.get_model_config("digits")
+    assert http.get_model_config("digits", "1") == over_http
+    assert over_http["name"] == over_grpc["name"] == "digits"
+    assert over_http["max_batch_size"] == over_grpc["max_batch_size"] > 0
+    (image,) = over_http["input"]
+    assert (image["name"], image["data_type"], image["format"]) == (
+        "image",
+        "TYPE_FP32",
+        "FORMAT_NHWC",
+    )
+    assert image["dims"] == [48, 48, 3] == [int(d) for d in over_grpc["input"][0]["dims"]]
+    assert over_http["output"][0]["dims"] == [10]
+    delay = over_http["dynamic_batching"]["max_queue_delay_microseconds"]
+    assert delay == int(over_grpc["dynamic_batching"]["max_queue_delay_microseconds"]) > 0
+    assert over_http["version_policy"] == {"specific": {"versions": [1]}}
+    assert over_http["parameters"] == over_grpc["parameters"]
+    with pytest.raises(InferenceServerException, match="has no version '7'"):
+        http.get_model_config("digits", "7")
+
+
 @pytest.mark.parametrize("binary", [True, False], ids=["binary", "json"])
 def test_infer_equals_grpc_for_every_output(http, grpc_client, binary: bool):
     batch = images(3, seed=1)

@@ -90,6 +90,7 @@ def test_errors_carry_grpc_messages_and_mapped_codes(rest_server: ServerProcess)
         (kserve_json(images(1), shape=[1, 48, 48]), "shape (1, 48, 48) has rank 3"),
         (kserve_json(images(1), shape="big"), 'has shape "big"; expected a list of ints'),
         ({"inputs": [{"name": "image", "datatype": "INT8", "shape": [1]}]}, "the model takes FP32"),
+        ({"inputs": [{"name": "image", "shape": [1]}]}, "input 'image' has no 'datatype'; the"),
         ({"inputs": "x"}, "'inputs' is a JSON str; expected a list of tensors"),
         ({"outputs": []}, "'inputs' is missing"),
         (
@@ -124,6 +125,7 @@ def test_errors_carry_grpc_messages_and_mapped_codes(rest_server: ServerProcess)
         "rank",
         "shape-type",
         "datatype",
+        "no-datatype",
         "inputs-type",
         "no-inputs",
         "parameter",

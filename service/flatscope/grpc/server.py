@@ -110,7 +110,7 @@ class Server:
             ConfigError: A port cannot be listened on, or a TLS file cannot be read.
         """
         settings = self.settings
-        address = f"{settings.host}:{settings.port}"
+        address = ports.grpc_address(settings.host, settings.port)
         credentials = _server_credentials(settings)
         try:
             if credentials is None:

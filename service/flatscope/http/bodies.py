@@ -133,10 +133,23 @@ def _parse(data: bytes | memoryview, expected: str, read: Callable[[dict[str, An
     try:
         parsed = jsonio.loads(data)
     except ValueError as exc:  # orjson.JSONDecodeError is one
-        raise NotJson(f"the request body is not JSON ({exc}); expected {expected}") from None
+        raise NotJson(
+            f"the request body is not JSON ({exc}){_no_nan_hint(data, exc)}; expected {expected}"
+        ) from None
     if not isinstance(parsed, dict):
         raise NotJson(f"the request body is JSON but not an object; expected {expected}")
     return read(parsed)
+
+
+def _no_nan_hint(data: bytes | memoryview, exc: ValueError) -> str:
+    # Python's json writes NaN and Infinity by default; JSON has neither.
+    position = getattr(exc, "pos", None)
+    if position is None:
+        return ""
+    near = bytes(data[max(position - 1, 0) : position + 8]).lower()
+    if b"nan" in near or b"inf" in near:
+        return ": JSON has no NaN or Infinity, send finite numbers"
+    return ""
 
 
 def float_array(what: str, value: Any) -> np.ndarray:

@@ -30,12 +30,23 @@ MODEL = "/flatscope/v1/models/{name:[^/:]+}"
 WORDING = Wording(values="inputs", nested=False)
 EXPECTED = "an object with 'inputs', a nested list of shape (batch, *input shape)"
 ASK_FOR_LESS = "send fewer examples per request, or leave include_source and include_flattened off"
+LAYOUT_QUERY = ("layer", "flat_index", "source_index", "coordinate_start", "coordinate_count")
+INSPECT_FIELDS = (
+    "inputs",
+    "layer",
+    "include_source",
+    "include_flattened",
+    "coordinate_start",
+    "coordinate_count",
+)
+PREDICT_FIELDS = ("inputs",)
 
 
 @ROUTES.get(MODEL + "/layout")
 async def layout(request: web.Request) -> web.Response:
     core = request.app[SERVING].core
     query = request.query
+    _known("query parameter", query.keys(), LAYOUT_QUERY)
     name = request.match_info["name"]
     found = core.layout(name, query.get("layer", ""))
     description = core.metadata(name)
@@ -70,7 +81,9 @@ async def layout(request: web.Request) -> web.Response:
 async def inspect(request: web.Request) -> web.Response:
     serving = request.app[SERVING]
     body, inputs = await parse_json(
-        await read_body(request, serving.limits), EXPECTED, lambda body: (body, _inputs(body))
+        await read_body(request, serving.limits),
+        EXPECTED,
+        lambda body: (body, _inputs(body, INSPECT_FIELDS)),
     )
     result = await serving.core.inspect(
         request.match_info["name"],
@@ -100,7 +113,11 @@ async def inspect(request: web.Request) -> web.Response:
 @ROUTES.post(MODEL + ":predict")
 async def predict(request: web.Request) -> web.Response:
     serving = request.app[SERVING]
-    inputs = await parse_json(await read_body(request, serving.limits), EXPECTED, _inputs)
+    inputs = await parse_json(
+        await read_body(request, serving.limits),
+        EXPECTED,
+        lambda body: _inputs(body, PREDICT_FIELDS),
+    )
     result = await serving.core.predict(request.match_info["name"], inputs)
     reply = {
         "model_name": result.model_name,
@@ -116,11 +133,21 @@ async def _json(serving, reply: dict[str, Any]) -> web.Response:
     return await encoded_answer(serving, size, ASK_FOR_LESS, jsonio.dumps, reply)
 
 
-def _inputs(body: dict[str, Any]) -> TensorPayload:
+def _inputs(body: dict[str, Any], fields: tuple[str, ...]) -> TensorPayload:
+    _known("field", body.keys(), fields)
     value = body.get("inputs")
     if value is None:  # the core says what it expected
         return TensorPayload(ACCEPTED_DTYPE, (), wording=WORDING)
     return json_tensor("'inputs'", value, WORDING)
+
+
+def _known(kind: str, given, known: tuple[str, ...]) -> None:
+    # A misspelt option (include_sources) would otherwise be ignored without a word.
+    unknown = [key for key in given if key not in known]
+    if unknown:
+        raise InvalidInputError(
+            f"unknown {kind} {json.dumps(unknown[0])[:60]}; expected one of {', '.join(known)}"
+        )
 
 
 def _field(body: dict[str, Any], key: str, kind: type, default: Any) -> Any:

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from aiohttp import web
+from google.protobuf import json_format
+from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.message import Message
 
 import flatscope
+from flatscope.grpc.kserve.converters import model_config as config_message
 from flatscope.http import kserve_body
 from flatscope.http.bodies import OFF_LOOP_ELEMENTS, off_loop, parse_json, read_body
 from flatscope.http.serving import SERVING, answer, check_reply_size
@@ -14,7 +20,15 @@ ROUTES = web.RouteTableDef()
 MODEL = "/v2/models/{name}"
 VERSION = "/v2/models/{name}/versions/{version}"
 # Triton's names of the extensions served whole over HTTP.
-EXTENSIONS = ("classification", "binary_tensor_data")
+EXTENSIONS = ("classification", "binary_tensor_data", "model_configuration")
+# Protobuf's JSON writes these as strings; Triton's config JSON as numbers.
+_INT64 = {
+    FieldDescriptor.TYPE_INT64,
+    FieldDescriptor.TYPE_UINT64,
+    FieldDescriptor.TYPE_SINT64,
+    FieldDescriptor.TYPE_FIXED64,
+    FieldDescriptor.TYPE_SFIXED64,
+}
 ASK_FOR_LESS = "send fewer examples per request, or leave '<layer>/source' out of the outputs"
 
 
@@ -62,6 +76,22 @@ async def model_metadata(request: web.Request) -> web.Response:
     )
 
 
+@ROUTES.get(MODEL + "/config")
+@ROUTES.get(VERSION + "/config")
+async def model_config(request: web.Request) -> web.Response:
+    """Triton's model configuration extension: the gRPC ModelConfig as Triton writes it in
+    JSON (proto field names, every field, 64-bit integers as numbers)."""
+    core = request.app[SERVING].core
+    name, version = _addressed(request)
+    description = core.metadata(name, version)
+    signature = core.signature(name, version)
+    config = config_message(description, signature, core.batching).config
+    body = json_format.MessageToDict(
+        config, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+    )
+    return answer(_numbers(config, body))
+
+
 @ROUTES.post(MODEL + "/infer")
 @ROUTES.post(VERSION + "/infer")
 async def infer(request: web.Request) -> web.Response:
@@ -92,3 +122,25 @@ async def infer(request: web.Request) -> web.Response:
 def _addressed(request: web.Request) -> tuple[str, str]:
     info = request.match_info
     return info["name"], info.get("version", "")
+
+
+def _numbers(message: Message, body: dict[str, Any]) -> dict[str, Any]:
+    """``body`` (``message`` in protobuf's JSON) with its 64-bit integers as JSON numbers."""
+    for field in message.DESCRIPTOR.fields:
+        if field.name not in body:
+            continue
+        value = getattr(message, field.name)
+        if field.type in _INT64:
+            repeated = field.label == FieldDescriptor.LABEL_REPEATED
+            body[field.name] = [int(v) for v in value] if repeated else int(value)
+        elif field.type == FieldDescriptor.TYPE_MESSAGE:
+            if field.message_type.GetOptions().map_entry:
+                is_message = field.message_type.fields_by_name["value"].message_type
+                for key, item in value.items() if is_message else ():
+                    _numbers(item, body[field.name][str(key)])
+            elif field.label == FieldDescriptor.LABEL_REPEATED:
+                for item, item_body in zip(value, body[field.name], strict=True):
+                    _numbers(item, item_body)
+            else:
+                _numbers(value, body[field.name])
+    return body

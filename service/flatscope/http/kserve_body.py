@@ -108,8 +108,9 @@ def infer_request(request: dict[str, Any], binary: memoryview) -> InferRequest:
         check_parameters(what, params, READS, honoured=(BINARY_SIZE,))
         datatype = tensor.get("datatype")
         if datatype != FP32:
+            given = "no 'datatype'" if datatype is None else f"datatype '{str(datatype)[:40]}'"
             raise InvalidInputError(
-                f"{what} has datatype '{datatype}'; the model takes {FP32} (as little-endian "
+                f"{what} has {given}; the model takes {FP32} (as little-endian "
                 f"float32 binary data, or a JSON 'data' list of numbers)"
             )
         shape = tensor.get("shape")

@@ -111,18 +111,41 @@ def flatten_layers(model: keras.Model) -> list[keras.layers.Flatten]:
     return [layer for layer in model.layers if isinstance(layer, keras.layers.Flatten)]
 
 
+# Layers that hand their input on unchanged at inference: a Dense behind one of them still
+# reads the Flatten's indices (keras.io's MNIST convnet puts Dropout between the two).
+INFERENCE_IDENTITY = (
+    keras.layers.Dropout,
+    keras.layers.GaussianNoise,
+    keras.layers.GaussianDropout,
+    keras.layers.AlphaDropout,
+    keras.layers.ActivityRegularization,
+    keras.layers.Identity,
+)
+
+
+def _inputs_from(layer: keras.layers.Layer) -> list[keras.Operation]:
+    """The operations whose outputs ``layer`` is called on (its call nodes' input tensors)."""
+    # As in _axes_decided_by: the call nodes are where Keras keeps the graph.
+    return [
+        history.operation
+        for node in getattr(layer, "_inbound_nodes", ())
+        for tensor in node.input_tensors
+        if (history := getattr(tensor, "_keras_history", None)) is not None
+    ]
+
+
 def dense_after(model: keras.Model, flatten: keras.layers.Flatten) -> DenseKernel | None:
-    """The kernel of the Dense layer that reads ``flatten``'s output directly, if one does."""
+    """The kernel of the Dense layer that reads ``flatten``'s output, directly or through
+    layers that are the identity at inference (Dropout and the like), if one does."""
+    same_values: list[keras.Operation] = [flatten]
     for layer in model.layers:
-        if not isinstance(layer, keras.layers.Dense):
+        if not any(source in same_values for source in _inputs_from(layer)):
             continue
-        # As in _producer_data_format: the call nodes are where Keras keeps the graph.
-        for node in getattr(layer, "_inbound_nodes", ()):
-            for tensor in node.input_tensors:
-                history = getattr(tensor, "_keras_history", None)
-                if history is not None and history.operation is flatten:
-                    kernel = keras.ops.convert_to_numpy(layer.kernel).astype(np.float32)
-                    return DenseKernel(layer_name=layer.name, kernel=kernel)
+        if isinstance(layer, INFERENCE_IDENTITY):
+            same_values.append(layer)
+        elif isinstance(layer, keras.layers.Dense):
+            kernel = keras.ops.convert_to_numpy(layer.kernel).astype(np.float32)
+            return DenseKernel(layer_name=layer.name, kernel=kernel)
     return None
 
 
@@ -134,11 +157,13 @@ def layout_of(layer: keras.layers.Flatten) -> FlattenLayout:
             f"Flatten layer '{layer.name}' takes shape {(None, *source_shape)}; a layout "
             "needs every dimension but the batch to be known"
         )
+    source_data_format, moved_by = _axes_decided_by(layer.input)
     return flatten_layout(
         layer.name,
         source_shape,
         layer.data_format,
-        source_data_format=_producer_data_format(layer.input),
+        source_data_format=source_data_format,
+        axes_moved_by=moved_by,
     )
 
 
@@ -189,21 +214,16 @@ def _output_shape(layer: keras.layers.Layer) -> tuple[int | None, ...]:
 
 # Layers whose output axes mean what their (first) input's axes meant.
 _AXIS_PRESERVING = (
+    *INFERENCE_IDENTITY,
     keras.layers.Activation,
     keras.layers.ReLU,
     keras.layers.LeakyReLU,
     keras.layers.ELU,
     keras.layers.PReLU,
     keras.layers.Softmax,
-    keras.layers.Dropout,
-    keras.layers.GaussianNoise,
-    keras.layers.GaussianDropout,
-    keras.layers.AlphaDropout,
     keras.layers.BatchNormalization,
     keras.layers.LayerNormalization,
     keras.layers.GroupNormalization,
-    keras.layers.ActivityRegularization,
-    keras.layers.Identity,
     keras.layers.Add,
     keras.layers.Subtract,
     keras.layers.Multiply,
@@ -211,14 +231,17 @@ _AXIS_PRESERVING = (
     keras.layers.Maximum,
     keras.layers.Minimum,
 )
+# Layers after which an axis may mean what another axis meant.
+_AXIS_MOVING = (keras.layers.Permute, keras.layers.Reshape, keras.layers.Lambda)
 
 
-def _producer_data_format(tensor) -> str:
-    """The data_format of the nearest layer upstream that decides what the axes mean.
+def _axes_decided_by(tensor) -> tuple[str, str]:
+    """What decides the meaning of ``tensor``'s axes: ``(data_format, "")`` of the nearest
+    layer upstream that has one, ``("", name)`` of a layer that moves axes (Permute,
+    Reshape, Lambda) met first, or ``("", "")`` (the input, or any other layer).
 
     Walks back through layers that keep every axis' meaning (activations, dropout,
-    normalisation, element-wise merges); stops with "" anywhere else (a Permute or a
-    Reshape may keep the shape and still move the axes) and at the input.
+    normalisation, element-wise merges).
     """
     # Keras has no public "producer of this tensor" API; ``_keras_history`` is what its
     # own graph code follows. ``layer.output`` is no substitute: layers of a Sequential
@@ -226,18 +249,20 @@ def _producer_data_format(tensor) -> str:
     for _ in range(1000):  # bounded: a graph is acyclic, this only guards odd models
         history = getattr(tensor, "_keras_history", None)
         if history is None:
-            return ""
+            return "", ""
         layer = history.operation
         data_format = getattr(layer, "data_format", None)
         if data_format:
-            return str(data_format)
+            return str(data_format), ""
+        if isinstance(layer, _AXIS_MOVING):
+            return "", layer.name
         if not isinstance(layer, _AXIS_PRESERVING):
-            return ""
+            return "", ""
         try:
             inputs = layer._inbound_nodes[history.node_index].input_tensors
         except (AttributeError, IndexError):
-            return ""
+            return "", ""
         if not inputs:
-            return ""
+            return "", ""
         tensor = inputs[0]
-    return ""
+    return "", ""

@@ -50,7 +50,7 @@ SERVICE = "flatscope.v1.ModelService"
 LAYERS = (
     ("transport (gRPC, HTTP/2, the kernel)", "echo", None),
     ("flatscope's gRPC layer", "grpc-layer", "echo"),
-    ("decode, checks, batcher, reply", "inline", "grpc-layer"),
+    ("decode, checks, batcher, reply, no-work pass", "inline", "grpc-layer"),
     ("hand-off to the model's thread and back", "ceiling", "inline"),
     ("the default model's pass (batch as formed)", "model", "ceiling"),
 )

@@ -702,4 +702,11 @@ def test_binary_data_size_is_read_as_kserve_client_sends_it(stub):
     typed = typed_request(array)
     typed.inputs[0].parameters["binary_data_size"].int64_param = size
     rejected(stub.ModelInfer, typed, grpc.StatusCode.INVALID_ARGUMENT, "no raw_input_contents")
+    request.inputs[0].parameters["binary_data_size"].string_param = str(size)
+    rejected(
+        stub.ModelInfer,
+        request,
+        grpc.StatusCode.INVALID_ARGUMENT,
+        f"'binary_data_size' to '{size}' (string_param); expected an int64_param",
+    )
     assert_serving(stub)

@@ -91,6 +91,7 @@ def test_errors_carry_grpc_messages_and_mapped_codes(rest_server: ServerProcess)
         (kserve_json(images(1), shape="big"), 'has shape "big"; expected a list of ints'),
         ({"inputs": [{"name": "image", "datatype": "INT8", "shape": [1]}]}, "the model takes FP32"),
         ({"inputs": [{"name": "image", "shape": [1]}]}, "input 'image' has no 'datatype'; the"),
+        ({**kserve_json(images(1)), "id": 7}, "'id' is 7; expected a JSON string"),
         ({"inputs": "x"}, "'inputs' is a JSON str; expected a list of tensors"),
         ({"outputs": []}, "'inputs' is missing"),
         (
@@ -126,6 +127,7 @@ def test_errors_carry_grpc_messages_and_mapped_codes(rest_server: ServerProcess)
         "shape-type",
         "datatype",
         "no-datatype",
+        "id-number",
         "inputs-type",
         "no-inputs",
         "parameter",

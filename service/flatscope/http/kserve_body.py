@@ -143,8 +143,14 @@ def infer_request(request: dict[str, Any], binary: memoryview) -> InferRequest:
             f"inputs' {BINARY_SIZE} parameters add up to {offset}; check {HEADER_LENGTH}"
         )
     outputs, chosen = _outputs(request.get("outputs", []))
+    request_id = request.get("id", "")
+    if not isinstance(request_id, str):
+        raise InvalidInputError(
+            f"'id' is {jsonio.dumps(request_id)[:60].decode(errors='replace')}; "
+            "expected a JSON string (the Open Inference Protocol's request id)"
+        )
     return InferRequest(
-        str(request.get("id", "")),
+        request_id,
         inputs,
         outputs,
         chosen,

@@ -254,10 +254,16 @@ def _check_binary_size(name: str, parameter: pb.InferParameter, raw: bytes | Non
     """``binary_data_size`` (KServe's client sets it with raw contents) must be their size."""
     kind = parameter.WhichOneof("parameter_choice")
     size = getattr(parameter, kind) if kind in ("int64_param", "uint64_param") else None
+    if size is None:
+        given = f"{getattr(parameter, kind)!r:.60} ({kind})" if kind else "nothing"
+        raise InvalidInputError(
+            f"input '{name}' sets '{BINARY_DATA_SIZE}' to {given}; expected an int64_param: "
+            "the byte count of its raw_input_contents (or leave the parameter out)"
+        )
     if raw is None or size != len(raw):
         actual = "no raw_input_contents" if raw is None else f"{len(raw)} bytes of raw contents"
         raise InvalidInputError(
-            f"input '{name}' sets '{BINARY_DATA_SIZE}' to {size if size is not None else kind}, "
+            f"input '{name}' sets '{BINARY_DATA_SIZE}' to {size}, "
             f"but it has {actual}; leave the parameter out, or make it that byte count"
         )
 

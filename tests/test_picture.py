@@ -157,16 +157,47 @@ def _dense_behind_other_layers() -> keras.Model:
     return keras.Model(inputs, keras.layers.Dense(3, name="second")(x), name="behind")
 
 
-@pytest.mark.parametrize("build", [_keras_io_mnist_convnet, _dense_behind_other_layers])
+def _direct_and_behind_dropout() -> keras.Model:
+    # Two Dense layers read the Flatten: one directly, one through a Dropout. The direct
+    # one is the Flatten's reader, whatever order Keras lists them in.
+    inputs = keras.Input((5, 4, 2), name="image")
+    flat = keras.layers.Flatten(name="flatten")(inputs)
+    behind = keras.layers.Dense(3, name="via_dropout")(keras.layers.Dropout(0.2)(flat))
+    direct = keras.layers.Dense(3, name="head")(flat)
+    return keras.Model(inputs, keras.layers.Add()([behind, direct]), name="direct")
+
+
+def _shared_dropout() -> keras.Model:
+    # One Dropout called on two Flatten layers' outputs: each call passes on its own input
+    # only, so each Flatten has its own Dense ("other" -> "second").
+    inputs = keras.Input((5, 4, 2), name="image")
+    dropout = keras.layers.Dropout(0.2)
+    other = keras.layers.Flatten(name="other")(keras.layers.Conv2D(2, 1)(inputs))
+    second = keras.layers.Dense(3, name="second")(dropout(other))
+    head = keras.layers.Dense(3, name="head")(dropout(keras.layers.Flatten(name="flatten")(inputs)))
+    return keras.Model(inputs, keras.layers.Add()([head, second]), name="shared")
+
+
+@pytest.mark.parametrize(
+    "build",
+    [
+        _keras_io_mnist_convnet,
+        _dense_behind_other_layers,
+        _direct_and_behind_dropout,
+        _shared_dropout,
+    ],
+)
 def test_the_dense_layer_behind_layers_that_pass_values_on_is_found(serve_model, build):
     model = build()
     server = serve_model(model)
     batch = np.random.default_rng(0).random((1, *model.input_shape[1:]), dtype=np.float32)
+    readers = {"flatten": "head", "other": "second"}
     with server.client() as client:
-        dense = client.inspect(batch, include_dense_kernel=True).dense
-    assert dense is not None and dense.layer_name == "head"
-    kernel = keras.ops.convert_to_numpy(model.get_layer("head").kernel)
-    np.testing.assert_array_equal(dense.kernel, kernel)
+        for flatten in [layer.name for layer in model.layers if layer.name in readers]:
+            dense = client.inspect(batch, layer=flatten, include_dense_kernel=True).dense
+            assert dense is not None and dense.layer_name == readers[flatten]
+            kernel = keras.ops.convert_to_numpy(model.get_layer(readers[flatten]).kernel)
+            np.testing.assert_array_equal(dense.kernel, kernel)
 
 
 def test_plot_refuses_unknown_extension_and_rank(serve_model, tmp_path: Path):

@@ -47,3 +47,16 @@ class ModelDescription:
     flatten_layers: tuple[str, ...]
     max_batch_size: int = 0
     labels: tuple[str, ...] = ()
+
+    @property
+    def version_number(self) -> int | None:
+        """The version as a number (see :func:`version_number`)."""
+        return version_number(self.version)
+
+
+def version_number(version: str) -> int | None:
+    """``version`` as TF Serving's and Triton's int64 fields carry it; None for a label
+    that is no such number ("v2", "²", 20 digits)."""
+    if version.isascii() and version.isdigit() and int(version) < 2**63:
+        return int(version)
+    return None

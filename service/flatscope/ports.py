@@ -6,8 +6,8 @@ import errno
 import socket
 
 
-def grpc_address(host: str, port: int) -> str:
-    """``host:port`` as gRPC reads it: an IPv6 address in brackets ("[::1]:8500")."""
+def address(host: str, port: int) -> str:
+    """``host:port`` as gRPC reads it and URLs write it: IPv6 in brackets ("[::1]:8500")."""
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 

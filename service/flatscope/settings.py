@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
 import annotated_types
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 MiB = 1024 * 1024
@@ -199,11 +199,18 @@ class Settings(BaseSettings):
 
     @field_validator("host", "metrics_host", mode="before")
     @classmethod
-    def _address_without_brackets(cls, value: Any) -> Any:
+    def _address_without_brackets(cls, value: Any, info: ValidationInfo) -> Any:
         # "[::1]" as in URLs, or "::1": one form inside; gRPC's is made from it (ports.py).
-        if isinstance(value, str):
-            return value.strip().removeprefix("[").removesuffix("]")
-        return value
+        if not isinstance(value, str):
+            return value
+        text = value.strip()
+        inner = text[1:-1] if text.startswith("[") and text.endswith("]") else text
+        if "[" in inner or "]" in inner:
+            raise ValueError(
+                f"{text[:60]!r} is not an address; write IPv6 as ::1 or [::1], without a port"
+            )
+        # FLATSCOPE_HOST= (as a template leaves it) means unset, as for the paths below.
+        return inner or cls.model_fields[info.field_name].default
 
     @field_validator("model", "tls_cert", "tls_key", "tls_client_ca", mode="before")
     @classmethod

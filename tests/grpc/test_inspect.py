@@ -137,12 +137,21 @@ def test_channels_first_flatten_after_channels_first_layer(serve_model):
     _assert_layout_exact(result, *_keras_tensors(model, "flatten", batch))
 
 
-def test_axis_names_after_a_permute_are_not_guessed(serve_model):
+@pytest.mark.parametrize(
+    "mover",
+    [
+        lambda: keras.layers.Permute((3, 1, 2), name="permute"),
+        lambda: keras.layers.Reshape((4, 4, 4), name="permute"),
+    ],
+    ids=["permute", "reshape"],
+)
+def test_axis_names_after_a_permute_are_not_guessed(serve_model, mover):
     # The Permute keeps the shape (4, 4, 4) but moves the axes: what was channels is now
-    # axis 1. Nothing upstream decides what the axes mean, so the names are only positional.
+    # axis 1 (a Reshape may regroup them). Nothing upstream decides what the axes mean
+    # then, so the names are only positional.
     inputs = keras.Input((4, 4, 4))
     x = keras.layers.Conv2D(4, 1, name="conv")(inputs)
-    x = keras.layers.Permute((3, 1, 2), name="permute")(x)
+    x = mover()(x)
     x = keras.layers.Flatten(name="flatten")(x)
     model = keras.Model(inputs, keras.layers.Dense(2)(x), name="permuted")
     server = serve_model(model)

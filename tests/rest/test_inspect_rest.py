@@ -41,6 +41,7 @@ def test_layout_errors(rest_server: ServerProcess):
         ("/layout?layer=pool", "layer 'pool' is a MaxPooling2D, not a Flatten layer"),
         ("/layout?coordinate_count=-1", "coordinate_count is -1"),
         ("/layout?flatindex=3", 'unknown query parameter "flatindex"; expected one of layer,'),
+        ("/layout?flat_index=1&flat_index=9", 'query parameter "flat_index" is given more than'),
     ]
     for path, message in cases:
         reply = get(rest_server, path)
@@ -102,16 +103,37 @@ def test_unknown_fields_are_400_naming_them(rest_server: ServerProcess):
         assert reply.status_code == 400, reply.text
         message = reply.json()["error"]
         assert f'unknown field "{field}"' in message and "expected one of inputs" in message
+    # Options belong in the body; in the query they would be ignored.
+    for path in (":inspect?include_flattened=true", ":predict?include_source=true"):
+        body = {"inputs": inputs}
+        reply = requests.post(rest_server.http_url + MODEL + path, json=body, timeout=TIMEOUT)
+        assert reply.status_code == 400, reply.text
+        assert "unknown query parameter" in reply.json()["error"]
+        assert "this route takes none" in reply.json()["error"]
 
 
 def test_nan_in_a_body_says_json_has_none(rest_server: ServerProcess):
+    # "é" before the literal: the position orjson gives counts characters, not bytes.
     for literal in ("NaN", "Infinity", "-Infinity"):
-        body = '{"inputs": [[[[0.5], [LITERAL]]]]}'.replace("LITERAL", literal)
+        body = '{"note": "é", "inputs": [[[[0.5], [LITERAL]]]]}'.replace("LITERAL", literal)
         reply = requests.post(
             rest_server.http_url + MODEL + ":predict",
-            data=body,
+            data=body.encode(),
             headers={"Content-Type": "application/json"},
             timeout=TIMEOUT,
         )
         assert reply.status_code == 400, reply.text
         assert "JSON has no NaN or Infinity" in reply.json()["error"]
+
+
+def test_other_json_errors_get_no_nan_hint(rest_server: ServerProcess):
+    for body in ('{"inputs": [1,], "info": 1}', '{"inputs": [1, 2] "nanny": 3}'):
+        reply = requests.post(
+            rest_server.http_url + MODEL + ":predict",
+            data=body.encode(),
+            headers={"Content-Type": "application/json"},
+            timeout=TIMEOUT,
+        )
+        assert reply.status_code == 400, reply.text
+        assert "the request body is not JSON" in reply.json()["error"]
+        assert "NaN" not in reply.json()["error"]

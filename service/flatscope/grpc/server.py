@@ -110,7 +110,7 @@ class Server:
             ConfigError: A port cannot be listened on, or a TLS file cannot be read.
         """
         settings = self.settings
-        address = ports.grpc_address(settings.host, settings.port)
+        address = ports.address(settings.host, settings.port)
         credentials = _server_credentials(settings)
         try:
             if credentials is None:
@@ -139,18 +139,18 @@ class Server:
                 if self.http is not None:
                     await self.http.stop()
                 problem = ports.bind_problem(exc, "--metrics-port", "--metrics-host")
-                raise ConfigError(
-                    f"cannot serve /metrics on {metrics_host}:{settings.metrics_port}: {problem}"
-                ) from exc
+                where = ports.address(metrics_host, settings.metrics_port)
+                raise ConfigError(f"cannot serve /metrics on {where}: {problem}") from exc
             self.metrics_port = self._metrics_http.server_port
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         await self._server.start()
         transport = "plaintext"
         if credentials is not None:
             transport = "mutual TLS" if settings.tls_client_ca else "TLS"
-        log.info("listening on %s:%d (gRPC, %s)", settings.host, self.port, transport)
+        log.info("listening on %s (gRPC, %s)", ports.address(settings.host, self.port), transport)
         if self._metrics_http is not None:
-            log.info("metrics on http://%s:%d/metrics", metrics_host, self.metrics_port)
+            where = ports.address(metrics_host, self.metrics_port)
+            log.info("metrics on http://%s/metrics", where)
         return self.port
 
     def _bind_problem(self) -> str:

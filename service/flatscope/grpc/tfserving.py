@@ -27,7 +27,7 @@ from flatscope.errors import (
 from flatscope.grpc import converters
 from flatscope.grpc.methods import PartialServicer
 from flatscope.grpc.servicer import call_deadline
-from flatscope.metadata import ModelDescription, TensorSpec
+from flatscope.metadata import ModelDescription, TensorSpec, version_number
 from flatscope.protocols.tensorflow.core.framework import tensor_shape_pb2, types_pb2
 from flatscope.protocols.tensorflow.core.protobuf import meta_graph_pb2
 from flatscope.protocols.tensorflow_serving.apis import (
@@ -142,8 +142,8 @@ class ModelStatusServicer(PartialServicer, model_service_pb2_grpc.ModelServiceSe
             state=get_model_status_pb2.ModelVersionStatus.AVAILABLE,
             status=status_pb2.StatusProto(),  # OK, set as TF Serving sets it
         )
-        if description.version.isdigit():
-            status.version = int(description.version)
+        if description.version_number is not None:
+            status.version = description.version_number
         return get_model_status_pb2.GetModelStatusResponse(model_version_status=[status])
 
 
@@ -231,8 +231,9 @@ def metadata_response(
 
 def _spec(name: str, version: str) -> model_pb2.ModelSpec:
     spec = model_pb2.ModelSpec(name=name, signature_name=SIGNATURE)
-    if version.isdigit():  # TF Serving versions are numbers; another label is left out
-        spec.version.value = int(version)
+    number = version_number(version)
+    if number is not None:  # TF Serving versions are numbers; another label is left out
+        spec.version.value = number
     return spec
 
 

@@ -95,12 +95,12 @@ class HttpServer:
         except OSError as exc:
             await self._runner.cleanup()
             problem = ports.bind_problem(exc, "--http-port", "--host")
-            raise ConfigError(
-                f"cannot serve HTTP on {settings.host}:{settings.http_port}: {problem}"
-            ) from exc
+            where = ports.address(settings.host, settings.http_port)
+            raise ConfigError(f"cannot serve HTTP on {where}: {problem}") from exc
         self.port = self._runner.addresses[0][1]
         scheme = "https" if context is not None else "http"
-        log.info("listening on %s:%d (HTTP/REST, %s)", settings.host, self.port, scheme)
+        where = ports.address(settings.host, self.port)
+        log.info("listening on %s (HTTP/REST, %s)", where, scheme)
         return self.port
 
     def enter_graceful_shutdown(self) -> None:

@@ -134,20 +134,19 @@ def _parse(data: bytes | memoryview, expected: str, read: Callable[[dict[str, An
         parsed = jsonio.loads(data)
     except ValueError as exc:  # orjson.JSONDecodeError is one
         raise NotJson(
-            f"the request body is not JSON ({exc}){_no_nan_hint(data, exc)}; expected {expected}"
+            f"the request body is not JSON ({exc}){_no_nan_hint(exc)}; expected {expected}"
         ) from None
     if not isinstance(parsed, dict):
         raise NotJson(f"the request body is JSON but not an object; expected {expected}")
     return read(parsed)
 
 
-def _no_nan_hint(data: bytes | memoryview, exc: ValueError) -> str:
-    # Python's json writes NaN and Infinity by default; JSON has neither.
-    position = getattr(exc, "pos", None)
-    if position is None:
-        return ""
-    near = bytes(data[max(position - 1, 0) : position + 8]).lower()
-    if b"nan" in near or b"inf" in near:
+def _no_nan_hint(exc: ValueError) -> str:
+    # Python's json writes NaN and Infinity by default; JSON has neither. orjson's error
+    # carries the text and the offending character's position in it.
+    doc, position = getattr(exc, "doc", None), getattr(exc, "pos", None)
+    literal = doc[position : position + 3] if isinstance(doc, str) and position is not None else ""
+    if literal.lower() in ("nan", "inf"):
         return ": JSON has no NaN or Infinity, send finite numbers"
     return ""
 

@@ -47,6 +47,11 @@ async def layout(request: web.Request) -> web.Response:
     core = request.app[SERVING].core
     query = request.query
     _known("query parameter", query.keys(), LAYOUT_QUERY)
+    repeated = next((key for key in query if len(query.getall(key)) > 1), None)
+    if repeated is not None:
+        raise InvalidInputError(
+            f"query parameter {json.dumps(repeated)} is given more than once; give it once"
+        )
     name = request.match_info["name"]
     found = core.layout(name, query.get("layer", ""))
     description = core.metadata(name)
@@ -80,6 +85,7 @@ async def layout(request: web.Request) -> web.Response:
 @ROUTES.post(MODEL + ":inspect")
 async def inspect(request: web.Request) -> web.Response:
     serving = request.app[SERVING]
+    _known("query parameter", request.query.keys(), ())
     body, inputs = await parse_json(
         await read_body(request, serving.limits),
         EXPECTED,
@@ -113,6 +119,7 @@ async def inspect(request: web.Request) -> web.Response:
 @ROUTES.post(MODEL + ":predict")
 async def predict(request: web.Request) -> web.Response:
     serving = request.app[SERVING]
+    _known("query parameter", request.query.keys(), ())
     inputs = await parse_json(
         await read_body(request, serving.limits),
         EXPECTED,
@@ -145,9 +152,8 @@ def _known(kind: str, given, known: tuple[str, ...]) -> None:
     # A misspelt option (include_sources) would otherwise be ignored without a word.
     unknown = [key for key in given if key not in known]
     if unknown:
-        raise InvalidInputError(
-            f"unknown {kind} {json.dumps(unknown[0])[:60]}; expected one of {', '.join(known)}"
-        )
+        expected = f"expected one of {', '.join(known)}" if known else "this route takes none"
+        raise InvalidInputError(f"unknown {kind} {json.dumps(unknown[0])[:60]}; {expected}")
 
 
 def _field(body: dict[str, Any], key: str, kind: type, default: Any) -> Any:

@@ -129,18 +129,19 @@ def _numbers(message: Message, body: dict[str, Any]) -> dict[str, Any]:
     for field in message.DESCRIPTOR.fields:
         if field.name not in body:
             continue
-        value = getattr(message, field.name)
+        value, written = getattr(message, field.name), body[field.name]
+        # Repeated fields are JSON lists (FieldDescriptor.label is gone in protobuf 7).
+        repeated = isinstance(written, list)
         if field.type in _INT64:
-            repeated = field.label == FieldDescriptor.LABEL_REPEATED
             body[field.name] = [int(v) for v in value] if repeated else int(value)
         elif field.type == FieldDescriptor.TYPE_MESSAGE:
             if field.message_type.GetOptions().map_entry:
                 is_message = field.message_type.fields_by_name["value"].message_type
                 for key, item in value.items() if is_message else ():
-                    _numbers(item, body[field.name][str(key)])
-            elif field.label == FieldDescriptor.LABEL_REPEATED:
-                for item, item_body in zip(value, body[field.name], strict=True):
+                    _numbers(item, written[str(key)])
+            elif repeated:
+                for item, item_body in zip(value, written, strict=True):
                     _numbers(item, item_body)
             else:
-                _numbers(value, body[field.name])
+                _numbers(value, written)
     return body

@@ -123,29 +123,39 @@ INFERENCE_IDENTITY = (
 )
 
 
-def _inputs_from(layer: keras.layers.Layer) -> list[keras.Operation]:
-    """The operations whose outputs ``layer`` is called on (its call nodes' input tensors)."""
-    # As in _axes_decided_by: the call nodes are where Keras keeps the graph.
-    return [
-        history.operation
-        for node in getattr(layer, "_inbound_nodes", ())
-        for tensor in node.input_tensors
-        if (history := getattr(tensor, "_keras_history", None)) is not None
-    ]
+def _calls(layer: keras.layers.Layer) -> list:
+    """The layer's call nodes: where Keras keeps which tensors each call read and wrote
+    (as in _axes_decided_by)."""
+    return list(getattr(layer, "_inbound_nodes", ()))
 
 
 def dense_after(model: keras.Model, flatten: keras.layers.Flatten) -> DenseKernel | None:
     """The kernel of the Dense layer that reads ``flatten``'s output, directly or through
-    layers that are the identity at inference (Dropout and the like), if one does."""
-    same_values: list[keras.Operation] = [flatten]
-    for layer in model.layers:
-        if not any(source in same_values for source in _inputs_from(layer)):
-            continue
-        if isinstance(layer, INFERENCE_IDENTITY):
-            same_values.append(layer)
-        elif isinstance(layer, keras.layers.Dense):
-            kernel = keras.ops.convert_to_numpy(layer.kernel).astype(np.float32)
-            return DenseKernel(layer_name=layer.name, kernel=kernel)
+    layers that are the identity at inference (Dropout and the like), if one does.
+
+    Follows tensors, not layers: a Dropout called on the Flatten's output and elsewhere
+    passes on only the first call's values. A Dense reading the output directly wins
+    over one behind such layers.
+    """
+    carrying = {id(t) for node in _calls(flatten) for t in node.output_tensors}
+    for _ in range(len(model.layers) + 1):  # one more identity layer of depth per round
+        for layer in model.layers:
+            if isinstance(layer, keras.layers.Dense) and any(
+                id(t) in carrying for node in _calls(layer) for t in node.input_tensors
+            ):
+                kernel = keras.ops.convert_to_numpy(layer.kernel).astype(np.float32)
+                return DenseKernel(layer_name=layer.name, kernel=kernel)
+        further = {
+            id(t)
+            for layer in model.layers
+            if isinstance(layer, INFERENCE_IDENTITY)
+            for node in _calls(layer)
+            if any(id(t) in carrying for t in node.input_tensors)
+            for t in node.output_tensors
+        }
+        if further <= carrying:
+            return None
+        carrying |= further
     return None
 
 

@@ -195,8 +195,8 @@ def model_config(
             )
         ],
     )
-    if description.version.isdigit():
-        config.version_policy.specific.versions.append(int(description.version))
+    if description.version_number is not None:
+        config.version_policy.specific.versions.append(description.version_number)
     if batching.enabled:
         config.dynamic_batching.max_queue_delay_microseconds = round(batching.longest_wait * 1e6)
     extras = signature.outputs[1:]

@@ -12,8 +12,6 @@ and in mean latency).
 
 from __future__ import annotations
 
-import contextlib
-import statistics
 import sys
 from pathlib import Path
 
@@ -23,16 +21,13 @@ sys.path.insert(0, str(HERE))
 from common import (  # noqa: E402
     flatscope,
     free_port,
+    interleaved_predict,
     load_arguments,
     load_parser,
-    measure,
     predict_request,
-    rotated,
-    server_process,
 )
 
 CONCURRENCY = (1, 4, 8, 16, 64)
-SERVICE = "flatscope.v1.ModelService"
 
 
 def main() -> None:
@@ -45,28 +40,7 @@ def main() -> None:
         "t2ms": flatscope("--metrics-port", str(free_port()), "--batch-timeout", "0.002"),
     }
     request = predict_request()
-    results: dict[tuple[str, int], list] = {}
-    for round_ in range(args.rounds):
-        with contextlib.ExitStack() as stack:
-            running = {
-                name: stack.enter_context(server_process(servers[name]))
-                for name in rotated(list(servers), round_)
-            }
-            for in_flight in concurrency:
-                for name in rotated(list(servers), round_ + in_flight):
-                    cell = measure(
-                        args.driver,
-                        running[name],
-                        SERVICE,
-                        "Predict",
-                        request,
-                        in_flight,
-                        args.seconds,
-                    )
-                    results.setdefault((name, in_flight), []).append(cell)
-
-    def median(name: str, c: int, field: str) -> float:
-        return statistics.median(getattr(cell, field) for cell in results[(name, c)])
+    median = interleaved_predict(servers, args, request)
 
     print(f"\ndriver: {args.driver}; medians over {args.rounds} round(s) of {args.seconds} s")
     header = " ".join(f"{name + ' req/s mean ms cpu us':>30}" for name in servers)

@@ -23,8 +23,6 @@ a shared machine. Prints requests/s too, with each server's ratio to the echo.
 
 from __future__ import annotations
 
-import contextlib
-import statistics
 import sys
 import tempfile
 from pathlib import Path
@@ -36,16 +34,13 @@ from common import (  # noqa: E402
     ceiling_model,
     flatscope,
     free_port,
+    interleaved_predict,
     load_arguments,
     load_parser,
-    measure,
     predict_request,
-    rotated,
-    server_process,
 )
 
 CONCURRENCY = (1, 8, 64)
-SERVICE = "flatscope.v1.ModelService"
 # (row, the server with the layer, the server without it)
 LAYERS = (
     ("transport (gRPC, HTTP/2, the kernel)", "echo", None),
@@ -70,28 +65,7 @@ def main() -> None:
             "ceiling": flatscope("--metrics-port", str(free_port()), "--model", ceiling),
             "model": flatscope("--metrics-port", str(free_port())),
         }
-        results: dict[tuple[str, int], list] = {}
-        for round_ in range(args.rounds):
-            with contextlib.ExitStack() as stack:
-                running = {
-                    name: stack.enter_context(server_process(servers[name]))
-                    for name in rotated(list(servers), round_)
-                }
-                for in_flight in concurrency:
-                    for name in rotated(list(servers), 2 * round_):
-                        cell = measure(
-                            args.driver,
-                            running[name],
-                            SERVICE,
-                            "Predict",
-                            predict,
-                            in_flight,
-                            args.seconds,
-                        )
-                        results.setdefault((name, in_flight), []).append(cell)
-
-    def median(name: str, c: int, field: str) -> float:
-        return statistics.median(getattr(cell, field) for cell in results[(name, c)])
+        median = interleaved_predict(servers, args, predict)
 
     print(f"\ndriver: {args.driver}; medians over {args.rounds} round(s) of {args.seconds} s")
     columns = " ".join(f"{'c=' + str(c):>26}" for c in concurrency)

@@ -311,6 +311,41 @@ def measure(
     )
 
 
+def interleaved_predict(
+    servers: dict[str, list[str]], args: argparse.Namespace, request
+) -> Callable[[str, int, str], float]:
+    """Measures batch Predict ``request`` on each server at each of ``args.concurrency``.
+
+    Fresh server processes every round, started in rotated order; at each in-flight count
+    the servers take turns in an order that rotates too. Returns ``median(name, in_flight,
+    field)`` of a :class:`Cell` field over the rounds.
+    """
+    results: dict[tuple[str, int], list[Cell]] = {}
+    for round_ in range(args.rounds):
+        with contextlib.ExitStack() as stack:
+            running = {
+                name: stack.enter_context(server_process(servers[name]))
+                for name in rotated(list(servers), round_)
+            }
+            for in_flight in args.concurrency:
+                for name in rotated(list(servers), round_ + in_flight):
+                    cell = measure(
+                        args.driver,
+                        running[name],
+                        "flatscope.v1.ModelService",
+                        "Predict",
+                        request,
+                        in_flight,
+                        args.seconds,
+                    )
+                    results.setdefault((name, in_flight), []).append(cell)
+
+    def median(name: str, in_flight: int, field: str) -> float:
+        return statistics.median(getattr(cell, field) for cell in results[(name, in_flight)])
+
+    return median
+
+
 def load_parser(description: str, concurrency: tuple[int, ...]) -> argparse.ArgumentParser:
     """The arguments every load bench takes: rounds, seconds per cell, driver, in flight.
 

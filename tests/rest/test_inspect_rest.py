@@ -15,6 +15,16 @@ def get(server: ServerProcess, path: str) -> requests.Response:
     return requests.get(server.http_url + MODEL + path, timeout=TIMEOUT)
 
 
+def post_text(server: ServerProcess, path: str, body: str) -> requests.Response:
+    """POSTs ``body`` as it is written (UTF-8), JSON or not."""
+    return requests.post(
+        server.http_url + MODEL + path,
+        data=body.encode(),
+        headers={"Content-Type": "application/json"},
+        timeout=TIMEOUT,
+    )
+
+
 def test_layout_and_coordinates_equal_grpc_inspect(rest_server: ServerProcess):
     with rest_server.client() as client:
         seen = client.inspect(images(1), coordinate_start=5000, coordinate_count=4)
@@ -116,24 +126,14 @@ def test_nan_in_a_body_says_json_has_none(rest_server: ServerProcess):
     # "é" before the literal: the position orjson gives counts characters, not bytes.
     for literal in ("NaN", "Infinity", "-Infinity"):
         body = '{"note": "é", "inputs": [[[[0.5], [LITERAL]]]]}'.replace("LITERAL", literal)
-        reply = requests.post(
-            rest_server.http_url + MODEL + ":predict",
-            data=body.encode(),
-            headers={"Content-Type": "application/json"},
-            timeout=TIMEOUT,
-        )
+        reply = post_text(rest_server, ":predict", body)
         assert reply.status_code == 400, reply.text
         assert "JSON has no NaN or Infinity" in reply.json()["error"]
 
 
 def test_other_json_errors_get_no_nan_hint(rest_server: ServerProcess):
     for body in ('{"inputs": [1,], "info": 1}', '{"inputs": [1, 2] "nanny": 3}'):
-        reply = requests.post(
-            rest_server.http_url + MODEL + ":predict",
-            data=body.encode(),
-            headers={"Content-Type": "application/json"},
-            timeout=TIMEOUT,
-        )
+        reply = post_text(rest_server, ":predict", body)
         assert reply.status_code == 400, reply.text
         assert "the request body is not JSON" in reply.json()["error"]
         assert "NaN" not in reply.json()["error"]

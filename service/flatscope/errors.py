@@ -70,6 +70,12 @@ class ReceiveTimeoutError(DeadlineExceededError):
     reason = "receive_timeout"
 
 
+class StreamIdleError(DeadlineExceededError):
+    """A request stream that sent nothing within --stream-idle-timeout; counted as a drop."""
+
+    reason = "stream_idle"
+
+
 class NotReadyError(FlatscopeError):
     """The model is still loading or warming up."""
 

@@ -95,7 +95,7 @@ class Metrics:
             "flatscope_requests_dropped",
             "Model requests refused or dropped before their forward pass, by reason "
             "(queue_full, cancelled, deadline, concurrency, memory, receive_timeout, "
-            "too_large, draining, connections).",
+            "stream_idle, too_large, draining, connections).",
             ("model", "reason"),
             registry=registry,
         )

@@ -126,14 +126,22 @@ class Settings(BaseSettings):
         description="Seconds a call's request message may take to arrive after its "
         "headers; a slower or stalled upload ends with DEADLINE_EXCEEDED.",
     )
+    stream_idle_timeout: float = Field(
+        60.0,
+        ge=0,
+        description="Seconds a request stream (KServe's ModelStreamInfer) may wait for its "
+        "next message; then it ends with DEADLINE_EXCEEDED after its answers, and the "
+        "client opens a new one. Bounds what idle streams, and messages stalled half-sent, "
+        "hold (0: no limit, as Triton).",
+    )
     max_streams_per_connection: int = Field(
         4096,
         ge=1,
         description="Calls one client connection may have open at once (HTTP/2 "
         "MAX_CONCURRENT_STREAMS). A client that opens more before it has read this setting "
         "gets UNAVAILABLE for the excess (the stream is refused), so keep it well above "
-        "what one client sends at once; a stream that sends no message costs little and "
-        "ends after --receive-timeout.",
+        "what one client sends at once; a call that sends no message costs little and "
+        "ends after --receive-timeout (a request stream: --stream-idle-timeout).",
     )
     max_connections: int = Field(
         4096,

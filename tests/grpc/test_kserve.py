@@ -681,6 +681,46 @@ def test_stream_requests_are_admitted_like_calls_and_give_their_share_back(monke
     server.stop()
 
 
+def test_a_stream_that_goes_quiet_ends_after_the_idle_timeout():
+    # A stream that sends no further message, or none at all, holds its connection's
+    # buffers until --stream-idle-timeout; then DEADLINE_EXCEEDED, after its answers.
+    import queue
+    import threading
+
+    server = ServerThread(settings(stream_idle_timeout=0.5)).load_model()
+    try:
+        with grpc.insecure_channel(server.target) as channel:
+            stream = service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelStreamInfer
+            for sent in ([raw_request(images())], []):
+                never = threading.Event()
+                outgoing: queue.Queue = queue.Queue()
+                for request in sent:
+                    outgoing.put(request)
+
+                def requests(outgoing=outgoing, never=never):
+                    while not never.is_set():
+                        try:
+                            yield outgoing.get(timeout=0.1)
+                        except queue.Empty:
+                            continue
+
+                call = stream(requests(), timeout=TIMEOUT)
+                answers = []
+                with pytest.raises(grpc.RpcError) as ended:
+                    for answer in call:
+                        answers.append(answer)
+                never.set()
+                assert [a.error_message for a in answers] == [""] * len(sent)
+                assert ended.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+                assert "no request message on this stream for 0.5 s" in ended.value.details()
+                assert "--stream-idle-timeout" in ended.value.details()
+        sample = server.registry.get_sample_value
+        labels = {"model": "digits", "reason": "stream_idle"}
+        assert settled(lambda: sample("flatscope_requests_dropped_total", labels), 2) == 2
+    finally:
+        server.stop()
+
+
 def test_binary_data_size_is_read_as_kserve_client_sends_it(stub):
     """kserve's InferenceGRPCClient sets an input's binary_data_size with raw contents."""
     array = images()

@@ -45,11 +45,14 @@ class CallLimits:
         receive_timeout: Seconds from a call's start until its request message must
             have fully arrived.
         dropped: Counts a call refused or dropped, by reason.
+        stream_idle_timeout: Seconds a request stream (ModelStreamInfer) may wait for
+            its next message; 0: no limit.
     """
 
     admission: Admission | None = None
     receive_timeout: float = 10.0
     dropped: Callable[[str], None] = lambda reason: None
+    stream_idle_timeout: float = 0.0
 
 
 class RpcInterceptor(grpc.aio.ServerInterceptor):

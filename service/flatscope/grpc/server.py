@@ -57,7 +57,12 @@ class Server:
         self._health = health.aio.HealthServicer()
         self._metrics_http: WSGIServer | None = None
         self.admission = Admission(settings.max_concurrent_rpcs, settings.memory_budget)
-        limits = CallLimits(self.admission, settings.receive_timeout, self._count_drop)
+        limits = CallLimits(
+            self.admission,
+            settings.receive_timeout,
+            self._count_drop,
+            settings.stream_idle_timeout,
+        )
         if self.metrics is not None:
             admission = self.admission
             self.metrics.memory_held.set_function(lambda: admission.bytes)

@@ -18,7 +18,7 @@ import grpc
 import flatscope
 from flatscope import admission as admitting
 from flatscope.core import ModelCore
-from flatscope.errors import FlatscopeError, NotFoundError, status_message
+from flatscope.errors import FlatscopeError, NotFoundError, StreamIdleError, status_message
 from flatscope.grpc import converters as common
 from flatscope.grpc.interceptors import CallLimits
 from flatscope.grpc.kserve import converters
@@ -144,9 +144,22 @@ class InferenceServicer(PartialServicer, grpc_service_pb2_grpc.GRPCInferenceServ
         window = asyncio.Semaphore(STREAM_WINDOW)
         answers: asyncio.Queue[asyncio.Task | None] = asyncio.Queue()  # bounded by window
 
+        idle = self._limits.stream_idle_timeout or None
+
         async def read() -> None:
             try:
-                async for request in requests:
+                while True:
+                    try:
+                        async with asyncio.timeout(idle):
+                            request = await anext(requests)
+                    except StopAsyncIteration:  # the client half-closed
+                        return
+                    except TimeoutError:
+                        self._limits.dropped(StreamIdleError.reason)
+                        raise StreamIdleError(
+                            f"no request message on this stream for {idle:g} s "
+                            "(--stream-idle-timeout); open a new stream to send more"
+                        ) from None
                     await window.acquire()
                     answer = self._stream_answer(request, deadline, peer)
                     answers.put_nowait(asyncio.create_task(answer))
@@ -165,7 +178,10 @@ class InferenceServicer(PartialServicer, grpc_service_pb2_grpc.GRPCInferenceServ
                     if ticket is not None:
                         ticket.release()
                 window.release()
-            await reader  # what ended the reading (the client's half-close, or an error)
+            try:
+                await reader  # what ended the reading (the client's half-close, or an error)
+            except StreamIdleError as exc:
+                await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, str(exc))
         finally:
             reader.cancel()
             unanswered = [answer] if answer is not None else []

@@ -317,7 +317,9 @@ class ModelCore:
         self, batch: np.ndarray, extras: bool, deadline: float | None
     ) -> list[np.ndarray]:
         assert self._batcher is not None  # set with _served
-        return await self._batcher.submit(batch, extras, deadline)
+        results = await self._batcher.submit(batch, extras, deadline)
+        _check_finite(batch, results[0])
+        return results
 
     def _model(self, model_name: str, model_version: str = "") -> ServedModel:
         served = self._served
@@ -394,6 +396,25 @@ class ModelCore:
 
 
 _FLOAT = 4  # bytes per number in a reply; float32 on every wire format
+
+
+def _check_finite(batch: np.ndarray, outputs: np.ndarray) -> None:
+    """Refuses a prediction that is NaN or infinite: finite inputs far beyond the model's
+    scale (3e38) overflow it, and an OK status with NaN scores would pass for an answer.
+
+    Raises:
+        InvalidInputError: Naming the first such example and its largest input.
+    """
+    finite = np.isfinite(outputs.reshape(len(outputs), -1)).all(axis=1)
+    if finite.all():
+        return
+    k = int(np.argmin(finite))
+    largest = float(np.abs(batch[k]).max())
+    raise InvalidInputError(
+        f"the model's output for example {k} is not finite (NaN or infinity): its inputs, "
+        f"up to {largest:.3g} in magnitude, overflow the model; send values of the scale "
+        "it was trained on"
+    )
 
 
 def _classes(outputs: np.ndarray) -> np.ndarray:

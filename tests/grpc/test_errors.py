@@ -522,3 +522,19 @@ def test_float_values_input_matches_raw_input(stub, method, dtype):
     from_raw = call(request(method, raw_tensor(array)), timeout=TIMEOUT)
     assert from_values.outputs.raw_data == from_raw.outputs.raw_data
     assert list(from_values.classes) == list(from_raw.classes)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_finite_inputs_that_overflow_the_model_are_refused_not_answered_nan(stub, method):
+    # 3e38 is finite float32, so the input check passes; the model's arithmetic overflows
+    # to NaN scores, which an OK status would pass off as an answer.
+    batch = images(2)
+    batch[1] = 3e38
+    rejected(
+        getattr(stub, method),
+        request(method, raw_tensor(batch)),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "the model's output for example 1 is not finite (NaN or infinity)",
+        "up to 3e+38 in magnitude",
+    )
+    assert_serving(stub, batch=2)

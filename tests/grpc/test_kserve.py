@@ -359,6 +359,11 @@ def _typed_as(datatype: str, field: str, values):
     return mutate
 
 
+def _classification_twice(request):
+    request.outputs.add(name="digit").parameters["classification"].int64_param = 3
+    request.outputs.add(name="digit")
+
+
 def _set(name=None, datatype=None, shape=None, raw=None, outputs=(), **request_fields):
     """Changes the one input's ``name``, ``datatype``, ``shape``, the ``raw`` contents,
     adds requested ``outputs``, and sets request fields."""
@@ -484,6 +489,11 @@ INVALID = [
         id="unknown-output",
     ),
     pytest.param(_classification(0), ["'classification' to 0", "1 or more"], id="class-count"),
+    pytest.param(
+        _classification_twice,
+        ["output 'digit' is requested twice, with 'classification' 3 and with no 'class"],
+        id="output-twice-differently",
+    ),
     pytest.param(
         _shared_memory,
         ["input 'image' sets parameter 'shared_memory_region'", "does not honour"],

@@ -92,6 +92,13 @@ def test_errors_carry_grpc_messages_and_mapped_codes(rest_server: ServerProcess)
         ({"inputs": [{"name": "image", "datatype": "INT8", "shape": [1]}]}, "the model takes FP32"),
         ({"inputs": [{"name": "image", "shape": [1]}]}, "input 'image' has no 'datatype'; the"),
         ({**kserve_json(images(1)), "id": 7}, "'id' is 7; expected a JSON string"),
+        (
+            kserve_json(
+                images(1),
+                outputs=[{"name": "digit"}, {"name": "digit", "parameters": {"classification": 2}}],
+            ),
+            "output 'digit' is requested twice, with no 'classification' and with 'classif",
+        ),
         ({"inputs": "x"}, "'inputs' is a JSON str; expected a list of tensors"),
         ({"outputs": []}, "'inputs' is missing"),
         (
@@ -128,6 +135,7 @@ def test_errors_carry_grpc_messages_and_mapped_codes(rest_server: ServerProcess)
         "datatype",
         "no-datatype",
         "id-number",
+        "output-twice",
         "inputs-type",
         "no-inputs",
         "parameter",

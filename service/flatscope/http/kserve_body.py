@@ -28,7 +28,7 @@ from flatscope.open_inference import (
     classification,
     layout_parameters,
 )
-from flatscope.signature import NamedResult
+from flatscope.signature import NamedResult, requested_twice
 from flatscope.tensors import ACCEPTED_DTYPE, TensorPayload, Wording
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
@@ -176,7 +176,8 @@ def _outputs(outputs_json: Any) -> tuple[dict[str, int], dict[str, bool]]:
                 f"{what} sets '{CLASSIFICATION}' to {_short(count)}; expected a class count "
                 "of 1 or more"
             )
-        outputs.setdefault(name, count)
+        if outputs.setdefault(name, count) != count:
+            raise requested_twice(name, (outputs[name], count))
         if BINARY in params:
             binary[name] = params[BINARY] is True
     return outputs, binary

@@ -25,7 +25,7 @@ from flatscope.open_inference import (
 )
 from flatscope.protocols import grpc_service_pb2 as pb
 from flatscope.protocols import model_config_pb2 as mc
-from flatscope.signature import NamedResult, Signature
+from flatscope.signature import NamedResult, Signature, requested_twice
 from flatscope.tensors import ACCEPTED_DTYPE, TensorPayload, Wording
 
 WORDING = Wording(
@@ -95,7 +95,8 @@ def infer_request(
         count = 0
         if CLASSIFICATION in output.parameters:
             count = _class_count(what, output.parameters[CLASSIFICATION])
-        outputs.setdefault(output.name, count)
+        if outputs.setdefault(output.name, count) != count:
+            raise requested_twice(output.name, (outputs[output.name], count))
     return inputs, outputs
 
 

@@ -7,7 +7,9 @@ through tritonclient's generated stub, since its client refuses to build them.
 
 from __future__ import annotations
 
+import logging
 import re
+import time
 from collections.abc import Iterator
 
 import grpc
@@ -727,6 +729,38 @@ def test_a_stream_that_goes_quiet_ends_after_the_idle_timeout():
         sample = server.registry.get_sample_value
         labels = {"model": "digits", "reason": "stream_idle"}
         assert settled(lambda: sample("flatscope_requests_dropped_total", labels), 2) == 2
+    finally:
+        server.stop()
+
+
+def test_streams_cancelled_by_their_clients_are_counted_cancelled_and_log_nothing(caplog):
+    # A client that sends large requests, never reads, then cancels: gRPC fails the write
+    # of an answer; that is the client leaving, not a server error.
+    server = ServerThread(settings()).load_model()
+    labels = {
+        "grpc_service": "inference.GRPCInferenceService",
+        "grpc_method": "ModelStreamInfer",
+        "grpc_type": "bidi_stream",
+    }
+
+    def handled(code: str) -> float:
+        value = server.registry.get_sample_value(
+            "grpc_server_handled_total", {**labels, "grpc_code": code}
+        )
+        return value or 0.0
+
+    try:
+        with grpc.insecure_channel(server.target) as channel:
+            stream = service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelStreamInfer
+            for k in range(4):
+                big = [raw_request(images(16, seed=k), "flatten/source") for _ in range(12)]
+                call = stream(iter(big), timeout=TIMEOUT)
+                time.sleep(0.5)  # answers pile up unread
+                call.cancel()
+        assert settled(lambda: handled("CANCELLED"), 4) == 4
+        assert handled("UNKNOWN") == 0 and handled("OK") == 0
+        errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+        assert not errors, [r.getMessage()[:200] for r in errors]
     finally:
         server.stop()
 

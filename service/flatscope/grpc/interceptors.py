@@ -283,15 +283,26 @@ def _measured_stream(
         code = "OK"
         try:
             result = behaviour(request, context)
-            if hasattr(result, "__aiter__"):  # a streaming reply, as a generator
+            if not hasattr(result, "__aiter__"):
+                return await result
+            try:  # a streaming reply, as a generator
                 async for reply in result:
-                    await context.write(reply)
-                return None
-            return await result
+                    try:
+                        await context.write(reply)
+                    except Exception:
+                        # gRPC fails the write to a call that has ended: its client
+                        # cancelled or went away. Nothing is wrong; nobody is left to tell.
+                        code = "CANCELLED"
+                        return None
+            finally:
+                await result.aclose()  # its own cleanup (a stream's tickets) runs now
+            return None
         except BaseException as exc:
             code = _final_code(exc, context)
             raise
         finally:
+            if code == "OK" and context.cancelled():
+                code = "CANCELLED"
             calls.finished(code, time.perf_counter() - start)
 
     factory = {

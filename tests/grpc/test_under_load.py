@@ -279,6 +279,47 @@ def _keep_calling(target: str, seed: int, calls: list[Call], done: threading.Eve
                 time.sleep(0.05)
 
 
+def test_clients_that_keep_sending_through_a_drain_are_refused_within_a_second(tmp_path):
+    # An open-loop client (a call every 20 ms, whatever the answers) is never quiet: its
+    # new calls must still be refused with UNAVAILABLE soon, not held until the grace ends
+    # (they ended DEADLINE_EXCEEDED, which clients do not retry elsewhere).
+    log = tmp_path / "serve.log"
+    flags = ("--shutdown-delay", "0.5", "--shutdown-grace", "10")
+    with ServerProcess(log, *flags).serving() as server:
+        message = pb.PredictRequest(
+            inputs=converters.to_tensor(np.random.rand(1, 48, 48, 3).astype(np.float32))
+        )
+        ended: list[tuple[float, float, grpc.StatusCode]] = []
+
+        def record(future: grpc.Future, start: float) -> None:
+            error = future.exception()
+            code = grpc.StatusCode.OK if error is None else error.code()
+            ended.append((start, time.monotonic(), code))
+
+        with grpc.insecure_channel(server.target) as channel:
+            predict = model_service_pb2_grpc.ModelServiceStub(channel).Predict
+            sigterm = None
+            stop = time.monotonic() + 5.0
+            while (now := time.monotonic()) < stop:
+                if sigterm is None and now > stop - 4.0:
+                    server.proc.send_signal(signal.SIGTERM)
+                    sigterm = now
+                future = predict.future(message, timeout=3.0)
+                future.add_done_callback(lambda f, start=now: record(f, start))
+                time.sleep(0.02)
+            assert server.proc.wait(timeout=30) == 0
+        assert sigterm is not None
+        closing = sigterm + 0.5 + 0.1
+        later = [(end - start, code) for start, end, code in ended if start > closing]
+        assert len(later) > 50, "too few calls made while the server drained"
+        codes = [code for _, code in later]
+        # UNAVAILABLE, which clients retry elsewhere; a call that reaches gRPC core just as
+        # its stop begins may be CANCELLED by it (see Admission.close), a race, not a rule.
+        assert set(codes) <= {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED}, later
+        assert codes.count(grpc.StatusCode.UNAVAILABLE) >= 0.9 * len(codes), later
+        assert max(seconds for seconds, _ in later) < 2.0, later
+
+
 def test_sigterm_under_load_finishes_every_accepted_call_and_exits_0(server: ServerProcess):
     """Runs last: it stops the module's server."""
     calls: list[Call] = []

@@ -230,7 +230,8 @@ class Server:
         admission.close()
         if not await admission.wait_idle(end - time.monotonic()):
             log.warning("%d calls still running after %.1f s; cancelling", admission.calls, grace)
-        await admission.wait_quiet(QUIET_SECONDS, end - time.monotonic())
+        # A client that keeps sending is never quiet: it waits a second at most.
+        await admission.wait_quiet(QUIET_SECONDS, min(QUIET_LIMIT, end - time.monotonic()))
         stopping = asyncio.create_task(self._server.stop(max(0.0, end - time.monotonic())))
         await asyncio.sleep(0)  # the task starts core's shutdown (GOAWAY) on its first step
         await asyncio.sleep(0)
@@ -315,6 +316,8 @@ def _channel_options(settings: Settings) -> list[tuple[str, int]]:
 
 # On shutdown, gRPC stops once no call has arrived or ended for this long.
 QUIET_SECONDS = 0.2
+# The longest new calls are held, waiting for that quiet, before the GOAWAY.
+QUIET_LIMIT = 1.0
 UNBOUNDED = 2**31 - 1
 TRIM_SECONDS = 5.0  # how often freed heap memory goes back to the OS (see allocator)
 KEEPALIVE_SECONDS = 60

@@ -216,13 +216,14 @@ def flatten_layout(
         order = (*range(1, rank), 0)
     strides = row_major_strides(shape, order)
     naming_format = source_data_format or data_format
+    positional = bool(axes_moved_by) and rank > 1
     layout = FlattenLayout(
         layer_name=layer_name,
         data_format=data_format,
         source_shape=shape,
         axis_names=(
             tuple(f"axis{i}" for i in range(1, rank + 1))
-            if axes_moved_by and rank > 1
+            if positional
             else axis_names(rank, naming_format)
         ),
         strides=strides,
@@ -237,7 +238,7 @@ def flatten_layout(
             "when porting them to or from a model that flattens (h, w, c)."
         )
         layout = dataclasses.replace(layout, note=note)
-    elif axes_moved_by and rank > 1:
+    elif positional:
         note = (
             f"The tensor entering Flatten '{layer_name}' comes from '{axes_moved_by}', "
             "which may move axes: which one is height, width or channels is not known "

@@ -48,11 +48,6 @@ class ModelDescription:
     max_batch_size: int = 0
     labels: tuple[str, ...] = ()
 
-    @property
-    def version_number(self) -> int | None:
-        """The version as a number (see :func:`version_number`)."""
-        return version_number(self.version)
-
 
 def version_number(version: str) -> int | None:
     """``version`` as TF Serving's and Triton's int64 fields carry it; None for a label

@@ -17,12 +17,12 @@ def bind_error(host: str, port: int) -> OSError | None:
     gRPC reports a failed bind only as "Failed to bind"; this finds the reason.
 
     Args:
-        host: A host name or address; IPv6 addresses may be in brackets.
+        host: A host name or address (IPv6 without brackets, as settings keep it).
         port: The port.
     """
     try:
         addresses = socket.getaddrinfo(
-            host.strip("[]") or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+            host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
         )
     except OSError as exc:
         return exc

@@ -165,13 +165,3 @@ def signature_of(description: ModelDescription, layouts: dict[str, FlattenLayout
             )
         )
     return Signature(description.inputs[0], tuple(outputs))
-
-
-def requested_twice(name: str, counts: tuple[int, int]) -> InvalidInputError:
-    """The error for an output asked for twice in one request with different class counts
-    (a repeated name is answered once, so one of them would be dropped)."""
-    first, second = (f"'classification' {c}" if c else "no 'classification'" for c in counts)
-    return InvalidInputError(
-        f"output '{name}' is requested twice, with {first} and with {second}; its answer "
-        "has it once: request it once, or ask for the class count once"
-    )

@@ -142,8 +142,9 @@ class ModelStatusServicer(PartialServicer, model_service_pb2_grpc.ModelServiceSe
             state=get_model_status_pb2.ModelVersionStatus.AVAILABLE,
             status=status_pb2.StatusProto(),  # OK, set as TF Serving sets it
         )
-        if description.version_number is not None:
-            status.version = description.version_number
+        number = version_number(description.version)
+        if number is not None:
+            status.version = number
         return get_model_status_pb2.GetModelStatusResponse(model_version_status=[status])
 
 

@@ -27,8 +27,9 @@ from flatscope.open_inference import (
     check_parameters,
     classification,
     layout_parameters,
+    requested_twice,
 )
-from flatscope.signature import NamedResult, requested_twice
+from flatscope.signature import NamedResult
 from flatscope.tensors import ACCEPTED_DTYPE, TensorPayload, Wording
 
 HEADER_LENGTH = "Inference-Header-Content-Length"

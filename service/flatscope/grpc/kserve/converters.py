@@ -10,7 +10,7 @@ import numpy as np
 
 from flatscope.batching import BatchingConfig, BatchStatistics
 from flatscope.errors import InvalidInputError
-from flatscope.metadata import ModelDescription, TensorSpec
+from flatscope.metadata import ModelDescription, TensorSpec, version_number
 from flatscope.open_inference import (
     BYTES,
     CLASSIFICATION,
@@ -21,11 +21,12 @@ from flatscope.open_inference import (
     joined,
     layout_parameters,
     platform,
+    requested_twice,
     tensor_metadata,
 )
 from flatscope.protocols import grpc_service_pb2 as pb
 from flatscope.protocols import model_config_pb2 as mc
-from flatscope.signature import NamedResult, Signature, requested_twice
+from flatscope.signature import NamedResult, Signature
 from flatscope.tensors import ACCEPTED_DTYPE, TensorPayload, Wording
 
 WORDING = Wording(
@@ -196,8 +197,9 @@ def model_config(
             )
         ],
     )
-    if description.version_number is not None:
-        config.version_policy.specific.versions.append(description.version_number)
+    number = version_number(description.version)
+    if number is not None:
+        config.version_policy.specific.versions.append(number)
     if batching.enabled:
         config.dynamic_batching.max_queue_delay_microseconds = round(batching.longest_wait * 1e6)
     extras = signature.outputs[1:]
